@@ -1,0 +1,5 @@
+"""``python -m crsmon``."""
+
+from crsmon.cli import main
+
+main()

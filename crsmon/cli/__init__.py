@@ -1,0 +1,24 @@
+"""The ``crsmon`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from crsmon import __version__
+from crsmon.cli.grade import grade
+from crsmon.cli.rules import rules
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="crsmon")
+def main() -> None:
+    """crsmon: grade and monitor CRS after CAR T-cell therapy.
+
+    Research software for monitoring and analysis, not a medical device.
+    """
+
+
+main.add_command(grade)
+main.add_command(rules)
+
+__all__ = ["main"]

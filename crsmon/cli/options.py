@@ -1,0 +1,27 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+from crsmon.domain.catalog import DEFAULT_RULE_SET, resolve_rule_set
+from crsmon.domain.rules import RuleSet
+
+
+def _rule_set(_ctx: click.Context, _param: click.Parameter, value: str) -> RuleSet:
+    try:
+        return resolve_rule_set(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+rule_set_option = click.option(
+    "--rule-set",
+    "rule_set",
+    default=DEFAULT_RULE_SET.key,
+    show_default=True,
+    callback=_rule_set,
+    metavar="KEY",
+    help="Rule set and settings, e.g. astct-2019+hypotension=haque "
+    "(see `crsmon rules`).",
+)

@@ -1,0 +1,64 @@
+"""Readable tables for the terminal (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from crsmon.domain.rules import RuleSet
+
+DISCLAIMER = "Research software for monitoring and analysis, not a medical device."
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal:
+        # Piped output: wide enough that reasons are not folded mid-word.
+        console = Console(width=160)
+    return console
+
+
+def _course(result: dict[str, Any]) -> list[str]:
+    if "onset_t_hours" not in result:
+        return []
+    grades = " ".join(str(g) for g in result["per_observation_astct_grades"])
+    return [
+        f"episode grades in time order: {grades}",
+        f"onset {result['onset_t_hours']} h, maximum at {result['max_grade_t_hours']}"
+        f" h, resolved {result['resolution_t_hours']} h, "
+        f"duration {result['duration_hours']} h",
+    ]
+
+
+def results_table(results: list[dict[str, Any]], rules: RuleSet) -> None:
+    """Print graded lines as a table: grade, explanation, missing inputs, flags."""
+    table = Table(
+        title=f"ASTCT CRS grades ({rules.key}, version {rules.version})",
+        caption=DISCLAIMER,
+        show_lines=True,
+    )
+    table.add_column("id", overflow="fold")
+    table.add_column("grade", justify="center")
+    table.add_column("why", overflow="fold", ratio=4)
+    table.add_column("missing inputs", overflow="fold", ratio=1)
+    table.add_column("flags", overflow="fold", ratio=1)
+    for result in results:
+        if "error" in result:
+            table.add_row(
+                str(result["id"] if result["id"] is not None else f"line {result['line']}"),
+                "[bold red]error[/]",
+                result["error"],
+                "",
+                "",
+            )
+            continue
+        table.add_row(
+            str(result["id"]),
+            f"[bold]{result['astct_grade']}[/]",
+            "\n".join(_course(result) + result["reasons"]),
+            "\n".join(result["missing_inputs"]) or "-",
+            "\n".join(result["flags"]) or "-",
+        )
+    _console().print(table)

@@ -1,0 +1,564 @@
+"""The ASTCT evaluator: one pure function applies a rule set to one assessment.
+
+It follows the reference algorithm of grading.md §1.3 with every threshold and
+category read from the :class:`~crsmon.domain.rules.RuleSet`. Each component
+(fever, fever waiver, hypotension, hypoxia) adds a :class:`Reason` whether or not
+it fired, so a grade 0 explains itself as fully as a grade 4, and an input the
+grader needed but did not get is named in ``missing_inputs`` instead of being
+read as normal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from crsmon.domain.plausibility import INFANT_SBP_FLAG_BELOW_MMHG, LIMITS
+from crsmon.domain.results import Flag, FlagKind, GradeResult, Reason
+from crsmon.domain.rules import (
+    AfebrileAfterOnset,
+    AgeBasis,
+    AgentRole,
+    MaskedFever,
+    RuleSet,
+    SbpBand,
+)
+from crsmon.domain.snapshot import Assessment
+from crsmon.domain.units import celsius_exact, exact_decimal, temperature_to_celsius
+from crsmon.domain.vocab import OxygenDevice, VasoactiveDrug
+
+_CONVENTION_OF_AGENT = {
+    VasoactiveDrug.DOBUTAMINE: "A7",
+    VasoactiveDrug.MILRINONE: "A7",
+    VasoactiveDrug.ANGIOTENSIN_II: "A8",
+    VasoactiveDrug.TERLIPRESSIN: "A8",
+}
+
+
+def num(value: float) -> str:
+    """A measured value as written in reasons: ``7.0``, ``38.6``, ``0.0274``."""
+    return f"{value:.1f}" if float(value).is_integer() else repr(float(value))
+
+
+@dataclass
+class _Explanation:
+    """Collects the reasons, flags and missing inputs of one grading."""
+
+    reasons: list[Reason] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def reason(
+        self,
+        rule: str,
+        finding: str,
+        value: str,
+        criterion: str,
+        outcome: str,
+        grade: int | None = None,
+    ) -> None:
+        self.reasons.append(Reason(rule, finding, value, criterion, outcome, grade))
+
+    def flag(self, code: str, kind: FlagKind, message: str, fld: str | None) -> None:
+        self.flags.append(Flag(code, kind, message, fld))
+
+    def quality(self, code: str, message: str, fld: str | None = None) -> None:
+        self.flag(code, FlagKind.DATA_QUALITY, message, fld)
+
+    def monitoring(self, code: str, message: str) -> None:
+        self.flag(code, FlagKind.MONITORING, message, None)
+
+    def lacks(self, path: str) -> None:
+        if path not in self.missing:
+            self.missing.append(path)
+
+    def result(self, grade: int, rules: RuleSet) -> GradeResult:
+        return GradeResult(
+            grade=grade,
+            reasons=tuple(self.reasons),
+            missing_inputs=tuple(self.missing),
+            flags=tuple(self.flags),
+            rule_set=rules.key,
+        )
+
+
+def grade_assessment(assessment: Assessment, rules: RuleSet) -> GradeResult:
+    """Grade one assessment snapshot under ``rules`` (grading.md §1.3).
+
+    Returns the ASTCT grade 0–5 with its reasons, missing inputs and flags.
+    """
+    ex = _Explanation()
+    a = assessment
+    fatal = _death(a, ex)
+    fever = _fever(a, rules, ex)
+    waived = _waiver(a, rules, ex, fever)
+    hemo = _hemodynamic(a, rules, ex)
+    resp = _respiratory(a, rules, ex)
+    grade = _combine(a, ex, fever=fever, waived=waived, hemo=hemo, resp=resp)
+    _unchanged_by(a, ex)
+    _check_plausibility(a, ex)
+    return ex.result(5 if fatal else grade, rules)
+
+
+def _death(a: Assessment, ex: _Explanation) -> bool:
+    """R9: a death due to CRS is grade 5 whatever the other findings."""
+    if not a.death:
+        return False
+    if a.death_attributable_to_crs:
+        ex.reason("R9", "death", "attributed to CRS", "", "grade 5", 5)
+        return True
+    if a.death_attributable_to_crs is None:
+        ex.lacks("death_attributable_to_crs")
+        ex.quality(
+            "death_attribution_missing",
+            "death recorded without saying whether CRS caused it; grade 5 needs a "
+            "death attributed to CRS, so the other findings were graded",
+            "death_attributable_to_crs",
+        )
+        value = "cause not recorded"
+    else:
+        value = "not attributed to CRS"
+    ex.reason("R9", "death", value, "", "graded from the other findings")
+    return False
+
+
+def _temperature_c(a: Assessment, rules: RuleSet, ex: _Explanation) -> float | None:
+    raw = a.temperature_raw
+    if a.temperature_c is not None:
+        if raw is not None:
+            gap = abs(exact_decimal(a.temperature_c) - celsius_exact(raw.value, raw.unit))
+            if gap > Fraction(repr(rules.temperature_disagreement_c)):
+                ex.quality(
+                    "temperature_sources_disagree",
+                    f"temperature_c {num(a.temperature_c)} C and temperature_raw "
+                    f"{num(raw.value)} {raw.unit} differ by {float(gap):.2f} C "
+                    f"(> {rules.temperature_disagreement_c:g} C); "
+                    "temperature_c was graded",
+                    "temperature_raw",
+                )
+        return a.temperature_c
+    if raw is not None:
+        return temperature_to_celsius(raw.value, raw.unit)
+    ex.lacks("temperature_c")
+    return None
+
+
+def _fever(a: Assessment, rules: RuleSet, ex: _Explanation) -> bool:
+    """R1, R7, A15: temperature >= 38.0 C on the recorded value, not attributed."""
+    t_c = _temperature_c(a, rules, ex)
+    limit = f"{rules.fever_threshold_c:.1f} C"
+    if t_c is None:
+        ex.reason("R1", "fever", "temperature not recorded", "", "no fever assessed")
+        return False
+    value = f"temperature {num(t_c)} C"
+    if a.temperature_c is None and a.temperature_raw is not None:
+        value += f" (from {num(a.temperature_raw.value)} {a.temperature_raw.unit})"
+    if t_c < rules.fever_threshold_c:
+        ex.reason("R1", "fever", value, f"< {limit}", "no fever")
+        return False
+    if a.fever_attributable_to_other_cause:
+        ex.reason(
+            "R7",
+            "fever",
+            value + ", attributed to another cause by a clinician",
+            f">= {limit}",
+            "not counted",
+        )
+        return False
+    ex.reason("R1", "fever", value, f">= {limit}", "fever", 1)
+    return True
+
+
+def _waiver(a: Assessment, rules: RuleSet, ex: _Explanation, fever: bool) -> bool:
+    """R3 with A3 and A5: when fever is no longer needed to grade."""
+    c = rules.conventions
+    if fever:
+        return False
+    drug_given = a.antipyretic_or_anticytokine_given
+    if a.crs_established and drug_given:
+        ex.reason(
+            "R3",
+            "fever waiver",
+            "CRS established, then antipyretic or anti-cytokine therapy given",
+            "",
+            "fever not required",
+        )
+        return True
+    if c.masked_fever is MaskedFever.LENIENT and (
+        drug_given or a.masking_drug_before_onset
+    ):
+        ex.reason(
+            "A3",
+            "fever waiver",
+            "antipyretic or anti-cytokine therapy given before CRS was established",
+            "(masked_fever=lenient)",
+            "fever not required",
+        )
+        return True
+    if a.crs_established and c.afebrile_after_onset is AfebrileAfterOnset.CLINICAL:
+        ex.reason(
+            "A5",
+            "fever waiver",
+            "CRS established, fever settled without antipyretic or anti-cytokine "
+            "therapy",
+            "(afebrile_after_onset=clinical)",
+            "fever not required",
+        )
+        return True
+    return False
+
+
+def _hemodynamic(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
+    """R5, R7, A7–A9: grade hypotension by the treatment it needs."""
+    drugs = list(dict.fromkeys(v.drug for v in a.vasopressors))  # A9: concurrent
+    roles = {d: rules.agent_role(d) for d in drugs}
+    for d in drugs:
+        if roles[d] is AgentRole.NOT_COUNTED:
+            ex.reason(
+                _CONVENTION_OF_AGENT.get(d, "R5"),
+                "vasoactive agent",
+                f"{d} running",
+                "(not a vasopressor under this rule set)",
+                "not counted",
+            )
+    pressors = [d for d in drugs if roles[d] is AgentRole.VASOPRESSOR]
+    vaso_like = [d for d in drugs if roles[d] is AgentRole.VASOPRESSIN_LIKE]
+    counted = pressors + vaso_like
+    if counted:
+        names = " + ".join(counted) + " running"
+        if len(pressors) >= 2:
+            grade = 4
+            criterion = f"({len(pressors)} vasopressors excluding vasopressin: multiple)"
+        else:
+            grade = 3
+            criterion = "(one vasopressor, with or without vasopressin)"
+        if a.hypotension_assessed is False:
+            ex.quality(
+                "hypotension_assessment_conflict",
+                "hypotension_assessed is false while a vasopressor is running; the "
+                "vasopressor was graded",
+                "hypotension_assessed",
+            )
+        return _unless_attributed(a, ex, names, criterion, grade)
+    return _hypotension_without_vasopressor(a, rules, ex)
+
+
+def _unless_attributed(
+    a: Assessment, ex: _Explanation, value: str, criterion: str, grade: int
+) -> int:
+    if a.hypotension_attributable_to_other_cause:
+        ex.reason(
+            "R7",
+            "hypotension",
+            value + ", attributed to another cause by a clinician",
+            criterion,
+            "not counted",
+        )
+        return 0
+    ex.reason("R5", "hypotension", value, criterion, f"grade {grade}", grade)
+    return grade
+
+
+def _sbp_threshold(age_years: float, bands: tuple[SbpBand, ...], basis: AgeBasis) -> (
+    tuple[float, SbpBand] | None
+):
+    for band in bands:
+        if age_years < band.below_age_years:
+            age = age_years if basis is AgeBasis.DECIMAL else math.floor(age_years)
+            return band.base_mmhg + band.per_year_mmhg * age, band
+    return None
+
+
+def _hypotension_without_vasopressor(
+    a: Assessment, rules: RuleSet, ex: _Explanation
+) -> int:
+    """A1, A2: hypotension not requiring vasopressors is grade 2."""
+    criterion = "(not requiring vasopressors)"
+    if a.hypotension_assessed is not None:
+        if a.hypotension_assessed:
+            return _unless_attributed(
+                a, ex, "assessed present by a clinician", criterion, 2
+            )
+        ex.reason("R5", "hypotension", "assessed absent by a clinician", "", "none")
+        return 0
+    if a.iv_fluid_bolus_for_hypotension:
+        return _unless_attributed(
+            a, ex, "IV fluid bolus given for blood pressure", criterion, 2
+        )
+    c = rules.conventions
+    bands = rules.sbp_references[c.hypotension]
+    if a.sbp_mmhg is None:
+        if bands:
+            ex.lacks("sbp_mmhg")
+            outcome = "not assessable (not read as normal)"
+        else:
+            outcome = "none"
+        ex.reason(
+            "R5",
+            "hypotension",
+            "no blood pressure, fluid bolus or vasopressor recorded",
+            "",
+            outcome,
+        )
+        return 0
+    value = f"SBP {num(a.sbp_mmhg)} mmHg"
+    found = _sbp_threshold(a.age_years, bands, c.hypotension_age)
+    if found is None:
+        ex.reason(
+            "A1",
+            "hypotension",
+            value + ", no fluid bolus or vasopressor",
+            f"(no SBP threshold under hypotension={c.hypotension})",
+            "none",
+        )
+        return 0
+    threshold, band = found
+    if a.sbp_mmhg < threshold:
+        return _unless_attributed(
+            a, ex, value, f"< {threshold:g} mmHg ({band.label}; not requiring vasopressors)", 2
+        )
+    ex.reason(
+        "A1", "hypotension", value, f">= {threshold:g} mmHg ({band.label})", "none"
+    )
+    return 0
+
+
+def _respiratory(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
+    """R6, R7, A10–A14: grade hypoxia by the support it needs."""
+    oxygen = a.oxygen
+    if oxygen is None:
+        ex.lacks("oxygen")
+        ex.reason(
+            "R6",
+            "hypoxia",
+            "oxygen support not recorded; room air assumed (§0.1 default)",
+            "",
+            "none",
+        )
+        _hypoxemia_without_support(a, rules, ex)
+        return 0
+    device, flow = oxygen.device, oxygen.flow_l_min
+    rule = rules.device_rule(device)
+    _check_flow(device, flow, rule.by_flow, ex)
+    if rule.by_flow and flow is not None:
+        low = rules.low_flow_max_l_min
+        grade = 2 if flow <= low else 3
+        op = "<=" if grade == 2 else ">"
+        value, criterion = f"{device} at {num(flow)} L/min", f"{op} {low:g} L/min"
+        rule_id = "R6" if device is OxygenDevice.NASAL_CANNULA else "R6, A10"
+    else:
+        grade = rule.grade
+        value = str(device) if flow is None else f"{device} at {num(flow)} L/min"
+        criterion = f"({rule.category})"
+        rule_id = _device_rule_id(device, flow, rule.by_flow)
+    if grade == 0:
+        ex.reason(rule_id, "hypoxia", value, criterion, "none")
+        _hypoxemia_without_support(a, rules, ex)
+        return 0
+    if a.hypoxia_attributable_to_other_cause:
+        ex.reason(
+            "R7, A13",
+            "hypoxia",
+            value + ", attributed to another cause by a clinician",
+            criterion,
+            "not counted",
+        )
+        return 0
+    if a.oxygen_for_comfort_only:
+        ex.reason(
+            "A12",
+            "hypoxia",
+            value + ", for comfort only (no oxygenation deficit)",
+            criterion,
+            "not counted",
+        )
+        return 0
+    ex.reason(rule_id, "hypoxia", value, criterion, f"grade {grade}", grade)
+    return grade
+
+
+def _device_rule_id(device: OxygenDevice, flow: float | None, by_flow: bool) -> str:
+    if by_flow:
+        return "A11"  # graded by flow, but no flow recorded
+    if device is OxygenDevice.TRACHEOSTOMY_COLLAR:
+        return "R6, A12"
+    boundary_devices = (OxygenDevice.BLOW_BY, OxygenDevice.HIGH_FLOW_NASAL_CANNULA)
+    if device in boundary_devices and flow is not None:
+        return "R6, A10"
+    return "R6"
+
+
+def _check_flow(
+    device: OxygenDevice, flow: float | None, by_flow: bool, ex: _Explanation
+) -> None:
+    """§4.4 flags and A11: a flow-graded device with no flow, implausible flows."""
+    no_flow_devices = (OxygenDevice.NASAL_CANNULA, OxygenDevice.BLOW_BY)
+    if flow is None and (by_flow or device in no_flow_devices):
+        ex.lacks("oxygen.flow_l_min")
+        ex.quality(
+            "oxygen_flow_missing",
+            f"{device} recorded with no flow; graded as the device alone",
+            "oxygen.flow_l_min",
+        )
+        return
+    if flow is None:
+        return
+    limit = LIMITS["flow_l_min"]
+    if device is OxygenDevice.NASAL_CANNULA and limit.flags(flow):
+        ex.quality(
+            "nasal_cannula_flow_high",
+            f"nasal cannula at {num(flow)} L/min (> {limit.flag_above:g}) is "
+            "probably a high-flow system; confirm the device",
+            "oxygen.flow_l_min",
+        )
+    if device is OxygenDevice.ROOM_AIR and flow > 0:
+        ex.quality(
+            "room_air_with_flow",
+            f"room air recorded with an oxygen flow of {num(flow)} L/min; confirm "
+            "the device",
+            "oxygen.flow_l_min",
+        )
+
+
+def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: _Explanation) -> None:
+    """A14: low SpO2 with no oxygen applied is a monitoring signal, not a grade."""
+    spo2, limit = a.spo2_pct, rules.hypoxemia_spo2_below_pct
+    if spo2 is None or spo2 >= limit:
+        return
+    ex.reason(
+        "A14",
+        "hypoxemia",
+        f"SpO2 {num(spo2)} % with no supplemental oxygen",
+        f"< {limit:g} %",
+        "grade unchanged (ASTCT grades oxygen support, not saturation); flagged",
+    )
+    ex.monitoring(
+        "hypoxemia_without_support",
+        f"SpO2 {num(spo2)} % (< {limit:g} %) with no supplemental oxygen recorded: "
+        "assess the need for oxygen; ASTCT grades the support once it is given",
+    )
+
+
+def _combine(
+    a: Assessment, ex: _Explanation, *, fever: bool, waived: bool, hemo: int, resp: int
+) -> int:
+    """R2, R4, A3–A5: fever plus the more severe of hypotension and hypoxia."""
+    organ = max(hemo, resp)
+    components = f"hypotension grade {hemo}, hypoxia grade {resp}"
+    if fever:
+        grade = max(1, organ)
+        rule = "R4"
+        value = f"fever with {components}"
+        criterion = "(fever alone is grade 1)" if organ == 0 else "(the more severe wins)"
+    elif waived:
+        grade = organ
+        rule = "R3, R4" if organ else "A4"
+        value = f"fever waived with {components}"
+        criterion = "(the more severe wins)" if organ else "(no hypotension or hypoxia)"
+    else:
+        grade = 0
+        rule = "R2"
+        value = f"no qualifying fever and no fever waiver ({components})"
+        criterion = "(every grade needs fever)"
+        if organ:
+            _afebrile_signals(a, ex, organ)
+    outcome = f"grade {grade}" + ("" if grade else " (no CRS by ASTCT)")
+    ex.reason(rule, "grade", value, criterion, outcome, grade)
+    return grade
+
+
+def _afebrile_signals(a: Assessment, ex: _Explanation, organ: int) -> None:
+    """A3, A5: hypotension or hypoxia without fever may be CRS that a drug hides."""
+    drug = (
+        a.antipyretic_or_anticytokine_given and not a.crs_established
+    ) or a.masking_drug_before_onset
+    if drug:
+        ex.monitoring(
+            "possible_masked_crs",
+            f"hypotension or hypoxia (grade {organ} if CRS) without fever after an "
+            "antipyretic or anti-cytokine drug given before CRS was established: "
+            "the drug may be masking fever (strict reading of the ASTCT footnote "
+            "grades 0)",
+        )
+    if a.crs_established:
+        ex.monitoring(
+            "afebrile_support_after_onset",
+            f"CRS established, now afebrile with no fever-masking drug since onset, "
+            f"but hypotension or hypoxia persists (grade {organ} under the clinical "
+            "reading): the literal ASTCT reading grades 0",
+        )
+
+
+def _unchanged_by(a: Assessment, ex: _Explanation) -> None:
+    """R8 and R10: organ toxicity and ICANS are recorded but never change the grade."""
+    for term, ctcae in a.organ_toxicity_ctcae:
+        ex.reason(
+            "R8",
+            "organ toxicity",
+            f"{term} CTCAE grade {ctcae}",
+            "",
+            "does not change the CRS grade",
+        )
+    if a.icans is not None:
+        ex.reason(
+            "R10",
+            "ICANS",
+            "neurologic findings recorded",
+            "",
+            "graded on the separate ICANS scale, not the CRS grade",
+        )
+
+
+def _check_plausibility(a: Assessment, ex: _Explanation) -> None:
+    """§4.4 flag column: grade from extreme values, and ask for confirmation."""
+    values = {
+        "temperature_c": a.temperature_c,
+        "dbp_mmhg": a.dbp_mmhg,
+        "map_mmhg": a.map_mmhg,
+        "spo2_pct": a.spo2_pct,
+    }
+    if a.temperature_c is None and a.temperature_raw is not None:
+        raw = a.temperature_raw
+        values["temperature_c"] = temperature_to_celsius(raw.value, raw.unit)
+    for name, value in values.items():
+        limit = LIMITS[name]
+        if value is not None and limit.flags(value):
+            ex.quality(
+                f"{name}_extreme",
+                f"{name} {num(value)} is outside {_flag_range(name)}: confirm it "
+                "(graded as recorded)",
+                name,
+            )
+    _check_blood_pressure(a, ex)
+
+
+def _flag_range(name: str) -> str:
+    limit = LIMITS[name]
+    low = "" if limit.flag_below is None else f">= {limit.flag_below:g}"
+    high = "" if limit.flag_above is None else f"<= {limit.flag_above:g}"
+    return " and ".join(p for p in (low, high) if p) + f" {limit.unit}"
+
+
+def _check_blood_pressure(a: Assessment, ex: _Explanation) -> None:
+    sbp = a.sbp_mmhg
+    if sbp is not None:
+        limit = LIMITS["sbp_mmhg"]
+        low = INFANT_SBP_FLAG_BELOW_MMHG if a.age_years < 1 else limit.flag_below
+        if (low is not None and sbp < low) or (
+            limit.flag_above is not None and sbp > limit.flag_above
+        ):
+            ex.quality(
+                "sbp_mmhg_extreme",
+                f"sbp_mmhg {num(sbp)} is extreme for age {num(a.age_years)} y: "
+                "confirm it, artefact is common (graded as recorded)",
+                "sbp_mmhg",
+            )
+    if sbp is not None and a.dbp_mmhg is not None and a.map_mmhg is not None:
+        if not a.dbp_mmhg <= a.map_mmhg <= sbp:
+            ex.quality(
+                "map_mmhg_inconsistent",
+                f"map_mmhg {num(a.map_mmhg)} is not between DBP {num(a.dbp_mmhg)} "
+                f"and SBP {num(sbp)}: check the readings",
+                "map_mmhg",
+            )

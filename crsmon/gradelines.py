@@ -1,0 +1,56 @@
+"""Grade JSON Lines: each line an assessment or an episode, each answered in order.
+
+A thin shell over the core: read the line strictly, validate it at the edge,
+grade it with the pure core, shape the reply. A bad line is answered with its
+line number and the reason; it never stops the lines after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from crsmon.domain.episodes import grade_episode
+from crsmon.domain.grading import grade_assessment
+from crsmon.domain.rules import RuleSet
+from crsmon.presenters import LineId, assessment_json, episode_json, error_json
+from crsmon.schemas.errors import describe
+from crsmon.schemas.jsonl import LineError, read_object
+from crsmon.schemas.snapshot import AssessmentIn, EpisodeLineIn
+
+
+def _readable_id(value: object) -> LineId:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= 200):
+        return value
+    return None
+
+
+def grade_line(text: str, line_no: int, rules: RuleSet) -> dict[str, Any]:
+    """Grade one JSON line; an ``error`` reply if it cannot be read or validated."""
+    try:
+        obj = read_object(text)
+    except LineError as exc:
+        return error_json(None, line_no, str(exc))
+    line_id = _readable_id(obj.get("id"))
+    try:
+        if "episode" in obj:
+            episode = EpisodeLineIn.model_validate_json(text)
+            result = grade_episode(episode.episode.to_domain(), rules)
+            return episode_json(episode.id, result, rules)
+        assessment = AssessmentIn.model_validate_json(text)
+        return assessment_json(
+            assessment.id, grade_assessment(assessment.to_domain(), rules), rules
+        )
+    except ValidationError as exc:
+        return error_json(line_id, line_no, describe(exc))
+
+
+def grade_lines(lines: Iterable[str], rules: RuleSet) -> Iterator[dict[str, Any]]:
+    """Grade each non-blank line in order (blank lines carry no record)."""
+    for line_no, text in enumerate(lines, start=1):
+        if text.strip():
+            yield grade_line(text, line_no, rules)

@@ -1,0 +1,79 @@
+"""Shape domain results as JSON-ready dicts (the ``crsmon grade`` output contract).
+
+Keys of a graded line: ``id``, ``astct_grade``, ``reasons`` (one sentence each),
+``missing_inputs``, ``flags`` (codes), ``rule_set``; plus ``flag_details`` (code,
+kind, field, message) and ``rule_set_version``. Episodes add
+``per_observation_astct_grades``, ``onset_t_hours``, ``max_grade_t_hours``,
+``resolution_t_hours``, ``duration_hours`` and ``observations`` (each
+observation's grade with its own reasons). An unreadable line is
+``{"id", "line", "error"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crsmon.domain.results import EpisodeResult, Flag, GradeResult, Reason
+from crsmon.domain.rules import RuleSet
+
+LineId = str | int | None
+
+
+def _reasons(reasons: tuple[Reason, ...]) -> list[str]:
+    return [r.text for r in reasons]
+
+
+def _flag_details(flags: tuple[Flag, ...]) -> list[dict[str, Any]]:
+    return [
+        {"code": f.code, "kind": str(f.kind), "field": f.field, "message": f.message}
+        for f in flags
+    ]
+
+
+def assessment_json(line_id: LineId, result: GradeResult, rules: RuleSet) -> dict[str, Any]:
+    """One graded assessment line."""
+    return {
+        "id": line_id,
+        "astct_grade": result.grade,
+        "reasons": _reasons(result.reasons),
+        "missing_inputs": list(result.missing_inputs),
+        "flags": list(result.flag_codes),
+        "rule_set": result.rule_set,
+        "rule_set_version": rules.version,
+        "flag_details": _flag_details(result.flags),
+    }
+
+
+def episode_json(line_id: LineId, result: EpisodeResult, rules: RuleSet) -> dict[str, Any]:
+    """One graded episode line."""
+    return {
+        "id": line_id,
+        "astct_grade": result.grade,
+        "reasons": _reasons(result.reasons),
+        "missing_inputs": list(result.missing_inputs),
+        "flags": list(result.flag_codes),
+        "rule_set": result.rule_set,
+        "rule_set_version": rules.version,
+        "per_observation_astct_grades": list(result.per_observation_grades),
+        "onset_t_hours": result.onset_t_hours,
+        "max_grade_t_hours": result.max_grade_t_hours,
+        "resolution_t_hours": result.resolution_t_hours,
+        "duration_hours": result.duration_hours,
+        "flag_details": _flag_details(result.flags),
+        "observations": [
+            {
+                "t_hours": o.t_hours,
+                "input_index": o.input_index,
+                "astct_grade": o.result.grade,
+                "reasons": _reasons(o.result.reasons),
+                "missing_inputs": list(o.result.missing_inputs),
+                "flags": list(o.result.flag_codes),
+            }
+            for o in result.observations
+        ],
+    }
+
+
+def error_json(line_id: LineId, line_no: int, error: str) -> dict[str, Any]:
+    """A line that could not be graded, and why."""
+    return {"id": line_id, "line": line_no, "error": error}

@@ -1,0 +1,274 @@
+"""Edge schemas for the neutral assessment and episode objects (grading.md §0.1, §0.2).
+
+Strict: an unknown field, a wrong type (``"38.5"`` for a number, ``1`` for a
+boolean), NaN or infinity, or a value in the reject column of the §4.4
+plausibility table is an error that names the field and the reason. Nothing is
+coerced or guessed. Valid input becomes frozen domain values via ``to_domain``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from crsmon.domain.plausibility import LIMITS
+from crsmon.domain.snapshot import (
+    Assessment,
+    Episode,
+    IcansFindings,
+    OxygenSupport,
+    TemperatureReading,
+    Treatment,
+    VasopressorInfusion,
+)
+from crsmon.domain.units import temperature_to_celsius
+from crsmon.domain.vocab import (
+    CerebralEdema,
+    Consciousness,
+    MotorFinding,
+    OxygenDevice,
+    Seizure,
+    TemperatureUnit,
+    TreatmentDrug,
+    VasoactiveDrug,
+    VasopressorDoseUnit,
+)
+
+MAX_T_HOURS = 87_600.0
+"""Ten years, in hours: a time since infusion beyond this is an entry error."""
+
+MAX_VASOPRESSORS = 12
+MAX_OBSERVATIONS = 10_000
+MAX_TREATMENTS = 10_000
+
+
+def _within(name: str) -> AfterValidator:
+    """Reject a value outside the §4.4 reject bounds of ``name``."""
+    limit = LIMITS[name]
+
+    def check(value: float | None) -> float | None:
+        if value is not None and limit.rejects(value):
+            raise ValueError(f"{limit.reject_reason()} (plausibility limit, §4.4)")
+        return value
+
+    return AfterValidator(check)
+
+
+def _t_hours(value: float) -> float:
+    if abs(value) > MAX_T_HOURS:
+        raise ValueError(f"must be within ±{MAX_T_HOURS:g} h of the infusion")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, allow_inf_nan=False
+    )
+
+
+THours = Annotated[float, AfterValidator(_t_hours)]
+AgeYears = Annotated[float, _within("age_years")]
+Term = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class TemperatureRawIn(_Strict):
+    """An original temperature reading with its UCUM unit."""
+
+    value: float
+    unit: TemperatureUnit
+
+    @model_validator(mode="after")
+    def _plausible(self) -> Self:
+        limit = LIMITS["temperature_c"]
+        if limit.rejects(temperature_to_celsius(self.value, self.unit)):
+            raise ValueError(
+                "temperature_raw.value: converted to Cel it "
+                f"{limit.reject_reason()} (plausibility limit, §4.4)"
+            )
+        return self
+
+    def to_domain(self) -> TemperatureReading:
+        return TemperatureReading(self.value, self.unit)
+
+
+class OxygenIn(_Strict):
+    """Oxygen support: device, flow in L/min, FiO2 as a fraction."""
+
+    device: OxygenDevice
+    flow_l_min: Annotated[float | None, _within("flow_l_min")] = None
+    fio2: Annotated[float | None, _within("fio2")] = None
+
+    def to_domain(self) -> OxygenSupport:
+        return OxygenSupport(self.device, self.flow_l_min, self.fio2)
+
+
+class VasopressorIn(_Strict):
+    """One vasoactive infusion running in the window."""
+
+    drug: VasoactiveDrug
+    dose: Annotated[float, Field(gt=0)]
+    unit: VasopressorDoseUnit
+    duration_h: Annotated[float | None, Field(ge=0, le=MAX_T_HOURS)] = None
+
+    def to_domain(self) -> VasopressorInfusion:
+        return VasopressorInfusion(self.drug, self.dose, self.unit, self.duration_h)
+
+
+class IcansIn(_Strict):
+    """ICANS findings (grading.md §3.5); kept beside CRS, never graded into it."""
+
+    ice_score: Annotated[int | None, Field(ge=0, le=10)] = None
+    capd_score: Annotated[int | None, Field(ge=0, le=32)] = None
+    developmental_delay: bool = False
+    consciousness: Consciousness | None = None
+    seizure: Seizure | None = None
+    motor: MotorFinding | None = None
+    cerebral_edema: CerebralEdema | None = None
+    global_aphasia: bool | None = None
+    attributable_to_other_cause: bool = False
+
+    def to_domain(self) -> IcansFindings:
+        return IcansFindings(**self.model_dump())
+
+
+class _SnapshotFields(_Strict):
+    """Fields shared by a stand-alone assessment and an episode observation."""
+
+    weight_kg: Annotated[float | None, _within("weight_kg")] = None
+    temperature_c: Annotated[float | None, _within("temperature_c")] = None
+    temperature_raw: TemperatureRawIn | None = None
+    fever_attributable_to_other_cause: bool = False
+    sbp_mmhg: Annotated[float | None, _within("sbp_mmhg")] = None
+    dbp_mmhg: Annotated[float | None, _within("dbp_mmhg")] = None
+    map_mmhg: Annotated[float | None, _within("map_mmhg")] = None
+    iv_fluid_bolus_for_hypotension: bool = False
+    hypotension_assessed: bool | None = None
+    vasopressors: Annotated[list[VasopressorIn], Field(max_length=MAX_VASOPRESSORS)] = []
+    hypotension_attributable_to_other_cause: bool = False
+    oxygen: OxygenIn | None = None
+    oxygen_for_comfort_only: bool = False
+    hypoxia_attributable_to_other_cause: bool = False
+    spo2_pct: Annotated[float | None, _within("spo2_pct")] = None
+    organ_toxicity_ctcae: Annotated[
+        dict[Term, Annotated[int, Field(ge=0, le=5)]], Field(max_length=64)
+    ] = {}
+    icans: IcansIn | None = None
+    death: bool = False
+    death_attributable_to_crs: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        sbp, dbp = self.sbp_mmhg, self.dbp_mmhg
+        if sbp is not None and dbp is not None and sbp <= dbp:
+            raise ValueError("sbp_mmhg: must be greater than dbp_mmhg (§4.4)")
+        if self.death_attributable_to_crs is not None and not self.death:
+            raise ValueError(
+                "death_attributable_to_crs: may be set only when death is true"
+            )
+        return self
+
+    def _domain_fields(self) -> dict[str, Any]:
+        return {
+            "weight_kg": self.weight_kg,
+            "temperature_c": self.temperature_c,
+            "temperature_raw": (
+                None if self.temperature_raw is None else self.temperature_raw.to_domain()
+            ),
+            "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
+            "sbp_mmhg": self.sbp_mmhg,
+            "dbp_mmhg": self.dbp_mmhg,
+            "map_mmhg": self.map_mmhg,
+            "iv_fluid_bolus_for_hypotension": self.iv_fluid_bolus_for_hypotension,
+            "hypotension_assessed": self.hypotension_assessed,
+            "vasopressors": tuple(v.to_domain() for v in self.vasopressors),
+            "hypotension_attributable_to_other_cause": (
+                self.hypotension_attributable_to_other_cause
+            ),
+            "oxygen": None if self.oxygen is None else self.oxygen.to_domain(),
+            "oxygen_for_comfort_only": self.oxygen_for_comfort_only,
+            "hypoxia_attributable_to_other_cause": (
+                self.hypoxia_attributable_to_other_cause
+            ),
+            "spo2_pct": self.spo2_pct,
+            "organ_toxicity_ctcae": tuple(sorted(self.organ_toxicity_ctcae.items())),
+            "icans": None if self.icans is None else self.icans.to_domain(),
+            "death": self.death,
+            "death_attributable_to_crs": self.death_attributable_to_crs,
+        }
+
+
+LineId = Annotated[str, StringConstraints(min_length=1, max_length=200)] | int
+
+
+class AssessmentIn(_SnapshotFields):
+    """A stand-alone assessment line (grading.md §0.1), optionally with an ``id``."""
+
+    id: LineId | None = None
+    age_years: AgeYears
+    t_hours: THours | None = None
+    crs_established: bool = False
+    antipyretic_or_anticytokine_given: bool = False
+
+    def to_domain(self) -> Assessment:
+        return Assessment(
+            age_years=self.age_years,
+            t_hours=self.t_hours,
+            crs_established=self.crs_established,
+            antipyretic_or_anticytokine_given=self.antipyretic_or_anticytokine_given,
+            **self._domain_fields(),
+        )
+
+
+class EpisodeObservationIn(_SnapshotFields):
+    """An observation inside an episode: ``t_hours`` required; the engine derives
+    ``crs_established`` and ``antipyretic_or_anticytokine_given``, so they are not
+    accepted here. ``age_years`` defaults to the episode's."""
+
+    t_hours: THours
+    age_years: AgeYears | None = None
+
+    def to_domain(self, episode_age_years: float) -> Assessment:
+        age = episode_age_years if self.age_years is None else self.age_years
+        return Assessment(age_years=age, t_hours=self.t_hours, **self._domain_fields())
+
+
+class TreatmentIn(_Strict):
+    """A fever-masking drug given at hours since infusion."""
+
+    t_hours: THours
+    drug: TreatmentDrug
+
+    def to_domain(self) -> Treatment:
+        return Treatment(self.t_hours, self.drug)
+
+
+class EpisodeIn(_Strict):
+    """An episode object (grading.md §0.2)."""
+
+    age_years: AgeYears
+    treatments: Annotated[list[TreatmentIn], Field(max_length=MAX_TREATMENTS)] = []
+    observations: Annotated[
+        list[EpisodeObservationIn], Field(min_length=1, max_length=MAX_OBSERVATIONS)
+    ]
+
+    def to_domain(self) -> Episode:
+        return Episode(
+            age_years=self.age_years,
+            observations=tuple(o.to_domain(self.age_years) for o in self.observations),
+            treatments=tuple(t.to_domain() for t in self.treatments),
+        )
+
+
+class EpisodeLineIn(_Strict):
+    """An episode line: ``{"id": ..., "episode": {...}}``."""
+
+    id: LineId | None = None
+    episode: EpisodeIn
