@@ -17,7 +17,7 @@ from crsmon.domain.grading import grade_assessment
 from crsmon.domain.rules import RuleSet
 from crsmon.presenters import LineId, assessment_json, episode_json, error_json
 from crsmon.schemas.errors import describe
-from crsmon.schemas.jsonl import LineError, read_object
+from crsmon.schemas.jsonl import read_object
 from crsmon.schemas.snapshot import AssessmentIn, EpisodeLineIn
 
 
@@ -31,13 +31,12 @@ def _readable_id(value: object) -> LineId:
 
 def grade_line(text: str, line_no: int, rules: RuleSet) -> dict[str, Any]:
     """Grade one JSON line; an ``error`` reply if it cannot be read or validated."""
+    obj, problem = read_object(text)
+    line_id = None if obj is None else _readable_id(obj.get("id"))
+    if problem is not None:
+        return error_json(line_id, line_no, problem)
     try:
-        obj = read_object(text)
-    except LineError as exc:
-        return error_json(None, line_no, str(exc))
-    line_id = _readable_id(obj.get("id"))
-    try:
-        if "episode" in obj:
+        if obj is not None and "episode" in obj:
             episode = EpisodeLineIn.model_validate_json(text)
             result = grade_episode(episode.episode.to_domain(), rules)
             return episode_json(episode.id, result, rules)

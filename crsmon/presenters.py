@@ -4,8 +4,9 @@ Keys of a graded line: ``id``, ``astct_grade``, ``reasons`` (one sentence each),
 ``missing_inputs``, ``flags`` (codes), ``rule_set``; plus ``flag_details`` (code,
 kind, field, message) and ``rule_set_version``. Episodes add
 ``per_observation_astct_grades``, ``onset_t_hours``, ``max_grade_t_hours``,
-``resolution_t_hours``, ``duration_hours`` and ``observations`` (each
-observation's grade with its own reasons). An unreadable line is
+``resolution_t_hours``, ``duration_hours``, ``courses`` (each CRS course when
+CRS recurred after resolution) and ``observations`` (each observation's grade
+with its own reasons). An unreadable line is
 ``{"id", "line", "error"}``.
 """
 
@@ -30,7 +31,9 @@ def _flag_details(flags: tuple[Flag, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def assessment_json(line_id: LineId, result: GradeResult, rules: RuleSet) -> dict[str, Any]:
+def assessment_json(
+    line_id: LineId, result: GradeResult, rules: RuleSet
+) -> dict[str, Any]:
     """One graded assessment line."""
     return {
         "id": line_id,
@@ -44,7 +47,9 @@ def assessment_json(line_id: LineId, result: GradeResult, rules: RuleSet) -> dic
     }
 
 
-def episode_json(line_id: LineId, result: EpisodeResult, rules: RuleSet) -> dict[str, Any]:
+def episode_json(
+    line_id: LineId, result: EpisodeResult, rules: RuleSet
+) -> dict[str, Any]:
     """One graded episode line."""
     return {
         "id": line_id,
@@ -60,6 +65,16 @@ def episode_json(line_id: LineId, result: EpisodeResult, rules: RuleSet) -> dict
         "resolution_t_hours": result.resolution_t_hours,
         "duration_hours": result.duration_hours,
         "flag_details": _flag_details(result.flags),
+        "courses": [
+            {
+                "onset_t_hours": c.onset_t_hours,
+                "max_grade": c.max_grade,
+                "max_grade_t_hours": c.max_grade_t_hours,
+                "resolution_t_hours": c.resolution_t_hours,
+                "duration_hours": c.duration_hours,
+            }
+            for c in result.courses
+        ],
         "observations": [
             {
                 "t_hours": o.t_hours,

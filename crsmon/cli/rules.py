@@ -15,7 +15,9 @@ from crsmon.domain.rules import CONVENTION_IDS, RuleSet, setting_choices
 def rules(rule_set: RuleSet) -> None:
     """Show a rule set: citation, every rule and convention, and the settings."""
     console = _console()
-    console.print(f"[bold]{rule_set.title}[/] key {rule_set.key} version {rule_set.version}")
+    console.print(
+        f"[bold]{rule_set.title}[/] key {rule_set.key} version {rule_set.version}"
+    )
     console.print(rule_set.citation)
     console.print(f"fingerprint {rule_set.fingerprint()}")
     table = Table(title="Rules and conventions", show_lines=True)
@@ -29,5 +31,7 @@ def rules(rule_set: RuleSet) -> None:
         settings.add_column(column)
     attr_of = {"waiver_window": "waiver_window_h"}
     for name, values in setting_choices().items():
-        settings.add_row(name, CONVENTION_IDS[attr_of.get(name, name)], ", ".join(values))
+        settings.add_row(
+            name, CONVENTION_IDS[attr_of.get(name, name)], ", ".join(values)
+        )
     console.print(settings)

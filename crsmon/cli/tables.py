@@ -20,15 +20,20 @@ def _console() -> Console:
     return console
 
 
+def _hours(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{value:g} h"
+
+
 def _course(result: dict[str, Any]) -> list[str]:
     if "onset_t_hours" not in result:
         return []
     grades = " ".join(str(g) for g in result["per_observation_astct_grades"])
     return [
         f"episode grades in time order: {grades}",
-        f"onset {result['onset_t_hours']} h, maximum at {result['max_grade_t_hours']}"
-        f" h, resolved {result['resolution_t_hours']} h, "
-        f"duration {result['duration_hours']} h",
+        f"onset {_hours(result['onset_t_hours'], 'none')}, maximum at "
+        f"{_hours(result['max_grade_t_hours'], '-')}, resolved "
+        f"{_hours(result['resolution_t_hours'], 'not yet')}, duration "
+        f"{_hours(result['duration_hours'], 'unknown')}",
     ]
 
 
@@ -47,7 +52,11 @@ def results_table(results: list[dict[str, Any]], rules: RuleSet) -> None:
     for result in results:
         if "error" in result:
             table.add_row(
-                str(result["id"] if result["id"] is not None else f"line {result['line']}"),
+                str(
+                    result["id"]
+                    if result["id"] is not None
+                    else f"line {result['line']}"
+                ),
                 "[bold red]error[/]",
                 result["error"],
                 "",

@@ -11,6 +11,7 @@ from crsmon.domain.catalog import DEFAULT_RULE_SET, RELEASED, resolve_rule_set
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.grading import grade_assessment
 from crsmon.domain.results import (
+    CrsCourse,
     EpisodeResult,
     Flag,
     FlagKind,
@@ -35,6 +36,7 @@ __all__ = [
     "RELEASED",
     "Assessment",
     "Conventions",
+    "CrsCourse",
     "Episode",
     "EpisodeResult",
     "Flag",

@@ -4,21 +4,32 @@ ASTCT grades a state; it does not say when CRS starts or ends (A16). The project
 conventions applied here, each cited in the reasons:
 
 - §5.1 onset is the first observation with grade >= 1 (so a qualifying fever);
-- ``crs_established`` holds for every observation after the onset observation;
+- ``crs_established`` holds for observations *after* the onset time, until the
+  course resolves;
 - §5.3 a fever-masking drug given at or after onset waives fever for later
-  observations (R3; for the whole episode by default, A6); one given before
-  onset does not (A3) but raises ``possible_masked_crs`` where it could hide CRS;
+  observations (R3; for the rest of the course by default, A6); one given
+  before onset does not (A3) but raises ``possible_masked_crs`` where it could
+  hide CRS;
 - §5.2 the maximum grade, timed at its first occurrence;
-- §5.4 resolution is the first grade-0 observation after onset followed by at
-  least 24 h of grade-0 observations; duration = resolution - onset.
+- §5.4 resolution is the first grade-0 time after onset followed by at least
+  24 h of grade-0 observations; duration = resolution - onset;
+- §5.5 a qualifying grade after resolution starts a new course, which needs its
+  own qualifying fever and its own post-onset drug for the waiver.
+
+Observations at the same time are one moment: they are graded with the same
+derived state, so their order in the input never changes a grade, and a moment
+counts as grade 0 only when every observation at it is grade 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import groupby, pairwise
 
-from crsmon.domain.grading import grade_assessment, num
+from crsmon.domain.explain import num
+from crsmon.domain.grading import grade_assessment
 from crsmon.domain.results import (
+    CrsCourse,
     EpisodeResult,
     Flag,
     FlagKind,
@@ -29,10 +40,24 @@ from crsmon.domain.rules import MaskedFever, RuleSet
 from crsmon.domain.snapshot import Assessment, Episode, Treatment
 
 
-@dataclass(frozen=True, slots=True)
-class _Resolution:
-    t_hours: float
-    grade_zero_span_h: float
+@dataclass
+class _OpenCourse:
+    onset: float
+    max_grade: int
+    max_t: float
+    zero_since: float | None = None
+    resolution: float | None = None
+    zero_span: float = 0.0
+
+    def close(self) -> CrsCourse:
+        resolved = self.resolution
+        return CrsCourse(
+            onset_t_hours=self.onset,
+            max_grade=self.max_grade,
+            max_grade_t_hours=self.max_t,
+            resolution_t_hours=resolved,
+            duration_hours=None if resolved is None else resolved - self.onset,
+        )
 
 
 def grade_episode(episode: Episode, rules: RuleSet) -> EpisodeResult:
@@ -41,18 +66,31 @@ def grade_episode(episode: Episode, rules: RuleSet) -> EpisodeResult:
     Raises:
         ValueError: an observation has no ``t_hours``.
     """
-    timed = [(_time_of(o, i), i, o) for i, o in enumerate(episode.observations)]
-    timed.sort(key=lambda item: item[0])  # stable: ties keep their input order
+    timed = sorted(
+        ((_time_of(o, i), i, o) for i, o in enumerate(episode.observations)),
+        key=lambda item: item[0],
+    )
     treatments = sorted(episode.treatments, key=lambda tr: tr.t_hours)
-    onset: float | None = None
     graded: list[ObservationGrade] = []
-    for t, index, observation in timed:
-        snapshot = _derive(observation, t, onset, treatments, rules)
-        result = grade_assessment(snapshot, rules)
-        graded.append(ObservationGrade(t, index, result))
-        if onset is None and result.grade >= 1:
-            onset = t
-    return _summarise(graded, onset, treatments, rules)
+    courses: list[_OpenCourse] = []
+    current: _OpenCourse | None = None
+    for t, moment in groupby(timed, key=lambda item: item[0]):
+        onset = None if current is None else current.onset
+        results = [
+            ObservationGrade(
+                t, i, grade_assessment(_derive(o, t, onset, treatments, rules), rules)
+            )
+            for _, i, o in moment
+        ]
+        graded += results
+        top = max(r.result.grade for r in results)
+        if current is None:
+            if top >= 1:
+                current = _OpenCourse(onset=t, max_grade=top, max_t=t)
+                courses.append(current)
+        elif _advance(current, t, top, rules):
+            current = None
+    return _summarise(graded, [c.close() for c in courses], treatments, rules)
 
 
 def _time_of(observation: Assessment, index: int) -> float:
@@ -61,9 +99,27 @@ def _time_of(observation: Assessment, index: int) -> float:
     return observation.t_hours
 
 
+def _advance(course: _OpenCourse, t: float, top: int, rules: RuleSet) -> bool:
+    """Update an open course with the grade of the moment ``t``; True once resolved."""
+    if top > course.max_grade:
+        course.max_grade, course.max_t = top, t
+    if top:
+        course.zero_since = None
+        return False
+    if course.zero_since is None:
+        course.zero_since = t
+    span = t - course.zero_since
+    if span < rules.resolution_window_h:
+        return False
+    course.resolution, course.zero_span = course.zero_since, span
+    return True
+
+
 def _in_window(treatment: Treatment, t: float, rules: RuleSet) -> bool:
     window = rules.conventions.waiver_window_h
-    return treatment.t_hours <= t and (window is None or t - treatment.t_hours <= window)
+    return treatment.t_hours <= t and (
+        window is None or t - treatment.t_hours <= window
+    )
 
 
 def _derive(
@@ -74,30 +130,31 @@ def _derive(
     rules: RuleSet,
 ) -> Assessment:
     """Set the fields the engine owns: established CRS and the fever-masking drugs."""
+    established = onset is not None and t > onset
     given = [tr for tr in treatments if _in_window(tr, t, rules)]
     after_onset = [tr for tr in given if onset is not None and tr.t_hours >= onset]
     before_onset = [tr for tr in given if onset is None or tr.t_hours < onset]
-    lenient = rules.conventions.masked_fever is MaskedFever.LENIENT
     return replace(
         observation,
-        crs_established=onset is not None,
-        antipyretic_or_anticytokine_given=bool(after_onset or (lenient and given)),
-        masking_drug_before_onset=bool(before_onset),
+        crs_established=established,
+        antipyretic_or_anticytokine_given=established and bool(after_onset),
+        masking_drug_before_onset=bool(before_onset)
+        or (bool(after_onset) and not established),
     )
 
 
 def _summarise(
     graded: list[ObservationGrade],
-    onset: float | None,
+    courses: list[CrsCourse],
     treatments: list[Treatment],
     rules: RuleSet,
 ) -> EpisodeResult:
-    grades = [g.result.grade for g in graded]
-    top = max(grades, default=0)
+    top = max((g.result.grade for g in graded), default=0)
     peak = next((g for g in graded if top and g.result.grade == top), None)
-    resolution = _resolution(graded, onset, rules)
-    reasons = [_onset_reason(onset)]
-    reasons += _treatment_reasons(treatments, onset)
+    last = courses[-1] if courses else None
+    resolved = last is not None and last.resolution_t_hours is not None
+    reasons = [_onset_reason(courses)]
+    reasons += _treatment_reasons(treatments, courses, rules)
     if peak is not None:
         reasons.append(
             Reason(
@@ -110,10 +167,8 @@ def _summarise(
             )
         )
         reasons += peak.result.reasons
-    flags = _collect_flags(graded)
-    if onset is not None:
-        reasons.append(_resolution_reason(resolution, onset, rules))
-        flags += _recurrence(graded, resolution)
+    reasons += [_resolution_reason(c, rules) for c in courses]
+    flags = _collect_flags(graded) + _recurrences(courses)
     missing = [
         f"observations[{g.input_index}].{path}"
         for g in graded
@@ -122,11 +177,12 @@ def _summarise(
     return EpisodeResult(
         grade=top,
         observations=tuple(graded),
-        onset_t_hours=onset,
+        courses=tuple(courses),
+        onset_t_hours=courses[0].onset_t_hours if courses else None,
         max_grade_t_hours=None if peak is None else peak.t_hours,
-        resolution_t_hours=None if resolution is None else resolution.t_hours,
+        resolution_t_hours=last.resolution_t_hours if resolved and last else None,
         duration_hours=(
-            None if resolution is None or onset is None else resolution.t_hours - onset
+            sum(c.duration_hours or 0.0 for c in courses) if resolved else None
         ),
         reasons=tuple(reasons),
         missing_inputs=tuple(missing),
@@ -135,30 +191,12 @@ def _summarise(
     )
 
 
-def _resolution(
-    graded: list[ObservationGrade], onset: float | None, rules: RuleSet
-) -> _Resolution | None:
-    """§5.4: first grade-0 observation after onset followed by >= 24 h of grade 0."""
-    if onset is None:
-        return None
-    onset_pos = next(i for i, g in enumerate(graded) if g.result.grade >= 1)
-    start: ObservationGrade | None = None
-    for g in graded[onset_pos + 1 :]:
-        if g.result.grade:
-            start = None
-            continue
-        start = start or g
-        span = g.t_hours - start.t_hours
-        if span >= rules.resolution_window_h:
-            return _Resolution(start.t_hours, span)
-    return None
-
-
-def _onset_reason(onset: float | None) -> Reason:
-    if onset is None:
+def _onset_reason(courses: list[CrsCourse]) -> Reason:
+    if not courses:
         return Reason(
             "§5.1", "onset", "no observation reached grade 1", "", "no CRS onset"
         )
+    onset = courses[0].onset_t_hours
     return Reason(
         "§5.1",
         "onset",
@@ -168,53 +206,54 @@ def _onset_reason(onset: float | None) -> Reason:
     )
 
 
-def _treatment_reasons(treatments: list[Treatment], onset: float | None) -> list[Reason]:
+def _course_at(courses: list[CrsCourse], t: float) -> CrsCourse | None:
+    for course in courses:
+        end = course.resolution_t_hours
+        if course.onset_t_hours <= t and (end is None or t < end):
+            return course
+    return None
+
+
+def _treatment_reasons(
+    treatments: list[Treatment], courses: list[CrsCourse], rules: RuleSet
+) -> list[Reason]:
+    lenient = rules.conventions.masked_fever is MaskedFever.LENIENT
     reasons = []
     for tr in treatments:
         when = f"{tr.drug} at {num(tr.t_hours)} h"
-        if onset is not None and tr.t_hours >= onset:
-            reasons.append(
-                Reason(
-                    "§5.3, R3",
-                    "fever waiver",
-                    when,
-                    f"at or after onset ({num(onset)} h)",
-                    "fever not required for later observations",
-                )
-            )
+        course = _course_at(courses, tr.t_hours)
+        if course is not None:
+            rule = "§5.3, R3"
+            criterion = f"at or after onset ({num(course.onset_t_hours)} h)"
+            outcome = "fever not required for later observations of this course"
+        elif lenient:
+            rule, criterion = "§5.3, A3", "before onset (masked_fever=lenient)"
+            outcome = "fever not required for later observations"
         else:
-            reasons.append(
-                Reason(
-                    "§5.3, A3",
-                    "fever waiver",
-                    when,
-                    "before onset" if onset is not None else "no CRS onset",
-                    "does not waive fever",
-                )
-            )
+            rule, criterion = "§5.3, A3", "before onset"
+            outcome = "does not waive fever"
+        reasons.append(Reason(rule, "fever waiver", when, criterion, outcome))
     return reasons
 
 
-def _resolution_reason(
-    resolution: _Resolution | None, onset: float, rules: RuleSet
-) -> Reason:
-    window = f">= {rules.resolution_window_h:g} h of grade-0 observations"
-    if resolution is None:
+def _resolution_reason(course: CrsCourse, rules: RuleSet) -> Reason:
+    window = f"(>= {rules.resolution_window_h:g} h of grade-0 observations)"
+    onset = f"course from {num(course.onset_t_hours)} h"
+    if course.resolution_t_hours is None:
         return Reason(
             "§5.4",
             "resolution",
-            "no grade-0 run after onset lasting long enough within the data",
+            f"{onset}: no grade-0 run long enough within the data",
             window,
             "not resolved",
         )
     return Reason(
         "§5.4",
         "resolution",
-        f"grade 0 from {num(resolution.t_hours)} h for "
-        f"{num(resolution.grade_zero_span_h)} h",
+        f"{onset}: grade 0 from {num(course.resolution_t_hours)} h on",
         window,
-        f"resolved at {num(resolution.t_hours)} h, duration "
-        f"{num(resolution.t_hours - onset)} h",
+        f"resolved at {num(course.resolution_t_hours)} h, duration "
+        f"{num(course.duration_hours or 0.0)} h",
     )
 
 
@@ -226,22 +265,14 @@ def _collect_flags(graded: list[ObservationGrade]) -> list[Flag]:
     ]
 
 
-def _recurrence(
-    graded: list[ObservationGrade], resolution: _Resolution | None
-) -> list[Flag]:
-    if resolution is None:
-        return []
-    later = next(
-        (g for g in graded if g.t_hours > resolution.t_hours and g.result.grade), None
-    )
-    if later is None:
-        return []
+def _recurrences(courses: list[CrsCourse]) -> list[Flag]:
     return [
         Flag(
             "crs_recurred_after_resolution",
             FlagKind.MONITORING,
-            f"grade {later.result.grade} at {num(later.t_hours)} h after resolution at "
-            f"{num(resolution.t_hours)} h: a new episode by the §5.5 suggestion; "
-            "onset, maximum and duration here describe the first course",
+            f"CRS recurred: a new course began at {num(later.onset_t_hours)} h "
+            f"after resolution at {num(earlier.resolution_t_hours or 0.0)} h "
+            "(§5.5); the summary covers all courses, each is listed in courses",
         )
+        for earlier, later in pairwise(courses)
     ]

@@ -11,11 +11,11 @@ read as normal.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from fractions import Fraction
 
-from crsmon.domain.plausibility import INFANT_SBP_FLAG_BELOW_MMHG, LIMITS
-from crsmon.domain.results import Flag, FlagKind, GradeResult, Reason
+from crsmon.domain.explain import Explanation, num
+from crsmon.domain.quality import check_flow, check_plausibility
+from crsmon.domain.results import GradeResult
 from crsmon.domain.rules import (
     AfebrileAfterOnset,
     AgeBasis,
@@ -36,59 +36,12 @@ _CONVENTION_OF_AGENT = {
 }
 
 
-def num(value: float) -> str:
-    """A measured value as written in reasons: ``7.0``, ``38.6``, ``0.0274``."""
-    return f"{value:.1f}" if float(value).is_integer() else repr(float(value))
-
-
-@dataclass
-class _Explanation:
-    """Collects the reasons, flags and missing inputs of one grading."""
-
-    reasons: list[Reason] = field(default_factory=list)
-    flags: list[Flag] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    def reason(
-        self,
-        rule: str,
-        finding: str,
-        value: str,
-        criterion: str,
-        outcome: str,
-        grade: int | None = None,
-    ) -> None:
-        self.reasons.append(Reason(rule, finding, value, criterion, outcome, grade))
-
-    def flag(self, code: str, kind: FlagKind, message: str, fld: str | None) -> None:
-        self.flags.append(Flag(code, kind, message, fld))
-
-    def quality(self, code: str, message: str, fld: str | None = None) -> None:
-        self.flag(code, FlagKind.DATA_QUALITY, message, fld)
-
-    def monitoring(self, code: str, message: str) -> None:
-        self.flag(code, FlagKind.MONITORING, message, None)
-
-    def lacks(self, path: str) -> None:
-        if path not in self.missing:
-            self.missing.append(path)
-
-    def result(self, grade: int, rules: RuleSet) -> GradeResult:
-        return GradeResult(
-            grade=grade,
-            reasons=tuple(self.reasons),
-            missing_inputs=tuple(self.missing),
-            flags=tuple(self.flags),
-            rule_set=rules.key,
-        )
-
-
 def grade_assessment(assessment: Assessment, rules: RuleSet) -> GradeResult:
     """Grade one assessment snapshot under ``rules`` (grading.md §1.3).
 
     Returns the ASTCT grade 0–5 with its reasons, missing inputs and flags.
     """
-    ex = _Explanation()
+    ex = Explanation()
     a = assessment
     fatal = _death(a, ex)
     fever = _fever(a, rules, ex)
@@ -96,12 +49,17 @@ def grade_assessment(assessment: Assessment, rules: RuleSet) -> GradeResult:
     hemo = _hemodynamic(a, rules, ex)
     resp = _respiratory(a, rules, ex)
     grade = _combine(a, ex, fever=fever, waived=waived, hemo=hemo, resp=resp)
+    if fatal:
+        grade = 5
+        ex.reason(
+            "R9", "grade", "death attributed to CRS", "(whatever else)", "grade 5", 5
+        )
     _unchanged_by(a, ex)
-    _check_plausibility(a, ex)
-    return ex.result(5 if fatal else grade, rules)
+    check_plausibility(a, ex)
+    return ex.result(grade, rules)
 
 
-def _death(a: Assessment, ex: _Explanation) -> bool:
+def _death(a: Assessment, ex: Explanation) -> bool:
     """R9: a death due to CRS is grade 5 whatever the other findings."""
     if not a.death:
         return False
@@ -123,11 +81,13 @@ def _death(a: Assessment, ex: _Explanation) -> bool:
     return False
 
 
-def _temperature_c(a: Assessment, rules: RuleSet, ex: _Explanation) -> float | None:
+def _temperature_c(a: Assessment, rules: RuleSet, ex: Explanation) -> float | None:
     raw = a.temperature_raw
     if a.temperature_c is not None:
         if raw is not None:
-            gap = abs(exact_decimal(a.temperature_c) - celsius_exact(raw.value, raw.unit))
+            gap = abs(
+                exact_decimal(a.temperature_c) - celsius_exact(raw.value, raw.unit)
+            )
             if gap > Fraction(repr(rules.temperature_disagreement_c)):
                 ex.quality(
                     "temperature_sources_disagree",
@@ -144,7 +104,7 @@ def _temperature_c(a: Assessment, rules: RuleSet, ex: _Explanation) -> float | N
     return None
 
 
-def _fever(a: Assessment, rules: RuleSet, ex: _Explanation) -> bool:
+def _fever(a: Assessment, rules: RuleSet, ex: Explanation) -> bool:
     """R1, R7, A15: temperature >= 38.0 C on the recorded value, not attributed."""
     t_c = _temperature_c(a, rules, ex)
     limit = f"{rules.fever_threshold_c:.1f} C"
@@ -170,7 +130,7 @@ def _fever(a: Assessment, rules: RuleSet, ex: _Explanation) -> bool:
     return True
 
 
-def _waiver(a: Assessment, rules: RuleSet, ex: _Explanation, fever: bool) -> bool:
+def _waiver(a: Assessment, rules: RuleSet, ex: Explanation, fever: bool) -> bool:
     """R3 with A3 and A5: when fever is no longer needed to grade."""
     c = rules.conventions
     if fever:
@@ -209,7 +169,7 @@ def _waiver(a: Assessment, rules: RuleSet, ex: _Explanation, fever: bool) -> boo
     return False
 
 
-def _hemodynamic(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
+def _hemodynamic(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
     """R5, R7, A7–A9: grade hypotension by the treatment it needs."""
     drugs = list(dict.fromkeys(v.drug for v in a.vasopressors))  # A9: concurrent
     roles = {d: rules.agent_role(d) for d in drugs}
@@ -229,7 +189,9 @@ def _hemodynamic(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
         names = " + ".join(counted) + " running"
         if len(pressors) >= 2:
             grade = 4
-            criterion = f"({len(pressors)} vasopressors excluding vasopressin: multiple)"
+            criterion = (
+                f"({len(pressors)} vasopressors excluding vasopressin: multiple)"
+            )
         else:
             grade = 3
             criterion = "(one vasopressor, with or without vasopressin)"
@@ -245,7 +207,7 @@ def _hemodynamic(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
 
 
 def _unless_attributed(
-    a: Assessment, ex: _Explanation, value: str, criterion: str, grade: int
+    a: Assessment, ex: Explanation, value: str, criterion: str, grade: int
 ) -> int:
     if a.hypotension_attributable_to_other_cause:
         ex.reason(
@@ -260,9 +222,9 @@ def _unless_attributed(
     return grade
 
 
-def _sbp_threshold(age_years: float, bands: tuple[SbpBand, ...], basis: AgeBasis) -> (
-    tuple[float, SbpBand] | None
-):
+def _sbp_threshold(
+    age_years: float, bands: tuple[SbpBand, ...], basis: AgeBasis
+) -> tuple[float, SbpBand] | None:
     for band in bands:
         if age_years < band.below_age_years:
             age = age_years if basis is AgeBasis.DECIMAL else math.floor(age_years)
@@ -271,7 +233,7 @@ def _sbp_threshold(age_years: float, bands: tuple[SbpBand, ...], basis: AgeBasis
 
 
 def _hypotension_without_vasopressor(
-    a: Assessment, rules: RuleSet, ex: _Explanation
+    a: Assessment, rules: RuleSet, ex: Explanation
 ) -> int:
     """A1, A2: hypotension not requiring vasopressors is grade 2."""
     criterion = "(not requiring vasopressors)"
@@ -281,6 +243,7 @@ def _hypotension_without_vasopressor(
                 a, ex, "assessed present by a clinician", criterion, 2
             )
         ex.reason("R5", "hypotension", "assessed absent by a clinician", "", "none")
+        _assessed_absent_conflict(a, rules, ex)
         return 0
     if a.iv_fluid_bolus_for_hypotension:
         return _unless_attributed(
@@ -316,7 +279,11 @@ def _hypotension_without_vasopressor(
     threshold, band = found
     if a.sbp_mmhg < threshold:
         return _unless_attributed(
-            a, ex, value, f"< {threshold:g} mmHg ({band.label}; not requiring vasopressors)", 2
+            a,
+            ex,
+            value,
+            f"< {threshold:g} mmHg ({band.label}; not requiring vasopressors)",
+            2,
         )
     ex.reason(
         "A1", "hypotension", value, f">= {threshold:g} mmHg ({band.label})", "none"
@@ -324,7 +291,26 @@ def _hypotension_without_vasopressor(
     return 0
 
 
-def _respiratory(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
+def _assessed_absent_conflict(a: Assessment, rules: RuleSet, ex: Explanation) -> None:
+    """The clinician's call wins (§1.3), but a disagreeing reading is shown."""
+    c = rules.conventions
+    bands = rules.sbp_references[c.hypotension]
+    found = (
+        None
+        if a.sbp_mmhg is None
+        else _sbp_threshold(a.age_years, bands, c.hypotension_age)
+    )
+    low_sbp = found is not None and a.sbp_mmhg is not None and a.sbp_mmhg < found[0]
+    if low_sbp or a.iv_fluid_bolus_for_hypotension:
+        ex.quality(
+            "hypotension_assessment_conflict",
+            "hypotension_assessed is false while the SBP or a fluid bolus for blood "
+            "pressure says hypotension; the clinician's assessment was graded",
+            "hypotension_assessed",
+        )
+
+
+def _respiratory(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
     """R6, R7, A10–A14: grade hypoxia by the support it needs."""
     oxygen = a.oxygen
     if oxygen is None:
@@ -340,7 +326,7 @@ def _respiratory(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
         return 0
     device, flow = oxygen.device, oxygen.flow_l_min
     rule = rules.device_rule(device)
-    _check_flow(device, flow, rule.by_flow, ex)
+    check_flow(device, flow, rule.by_flow, ex)
     if rule.by_flow and flow is not None:
         low = rules.low_flow_max_l_min
         grade = 2 if flow <= low else 3
@@ -366,6 +352,14 @@ def _respiratory(a: Assessment, rules: RuleSet, ex: _Explanation) -> int:
         )
         return 0
     if a.oxygen_for_comfort_only:
+        spo2, low = a.spo2_pct, rules.hypoxemia_spo2_below_pct
+        if spo2 is not None and spo2 < low:
+            ex.quality(
+                "comfort_oxygen_conflict",
+                f"oxygen marked for comfort only, but SpO2 is {num(spo2)} % "
+                f"(< {low:g} %): confirm there is no oxygenation deficit",
+                "oxygen_for_comfort_only",
+            )
         ex.reason(
             "A12",
             "hypoxia",
@@ -389,39 +383,7 @@ def _device_rule_id(device: OxygenDevice, flow: float | None, by_flow: bool) -> 
     return "R6"
 
 
-def _check_flow(
-    device: OxygenDevice, flow: float | None, by_flow: bool, ex: _Explanation
-) -> None:
-    """§4.4 flags and A11: a flow-graded device with no flow, implausible flows."""
-    no_flow_devices = (OxygenDevice.NASAL_CANNULA, OxygenDevice.BLOW_BY)
-    if flow is None and (by_flow or device in no_flow_devices):
-        ex.lacks("oxygen.flow_l_min")
-        ex.quality(
-            "oxygen_flow_missing",
-            f"{device} recorded with no flow; graded as the device alone",
-            "oxygen.flow_l_min",
-        )
-        return
-    if flow is None:
-        return
-    limit = LIMITS["flow_l_min"]
-    if device is OxygenDevice.NASAL_CANNULA and limit.flags(flow):
-        ex.quality(
-            "nasal_cannula_flow_high",
-            f"nasal cannula at {num(flow)} L/min (> {limit.flag_above:g}) is "
-            "probably a high-flow system; confirm the device",
-            "oxygen.flow_l_min",
-        )
-    if device is OxygenDevice.ROOM_AIR and flow > 0:
-        ex.quality(
-            "room_air_with_flow",
-            f"room air recorded with an oxygen flow of {num(flow)} L/min; confirm "
-            "the device",
-            "oxygen.flow_l_min",
-        )
-
-
-def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: _Explanation) -> None:
+def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: Explanation) -> None:
     """A14: low SpO2 with no oxygen applied is a monitoring signal, not a grade."""
     spo2, limit = a.spo2_pct, rules.hypoxemia_spo2_below_pct
     if spo2 is None or spo2 >= limit:
@@ -441,7 +403,7 @@ def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: _Explanation) 
 
 
 def _combine(
-    a: Assessment, ex: _Explanation, *, fever: bool, waived: bool, hemo: int, resp: int
+    a: Assessment, ex: Explanation, *, fever: bool, waived: bool, hemo: int, resp: int
 ) -> int:
     """R2, R4, A3–A5: fever plus the more severe of hypotension and hypoxia."""
     organ = max(hemo, resp)
@@ -450,7 +412,9 @@ def _combine(
         grade = max(1, organ)
         rule = "R4"
         value = f"fever with {components}"
-        criterion = "(fever alone is grade 1)" if organ == 0 else "(the more severe wins)"
+        criterion = (
+            "(fever alone is grade 1)" if organ == 0 else "(the more severe wins)"
+        )
     elif waived:
         grade = organ
         rule = "R3, R4" if organ else "A4"
@@ -468,7 +432,7 @@ def _combine(
     return grade
 
 
-def _afebrile_signals(a: Assessment, ex: _Explanation, organ: int) -> None:
+def _afebrile_signals(a: Assessment, ex: Explanation, organ: int) -> None:
     """A3, A5: hypotension or hypoxia without fever may be CRS that a drug hides."""
     drug = (
         a.antipyretic_or_anticytokine_given and not a.crs_established
@@ -476,21 +440,23 @@ def _afebrile_signals(a: Assessment, ex: _Explanation, organ: int) -> None:
     if drug:
         ex.monitoring(
             "possible_masked_crs",
-            f"hypotension or hypoxia (grade {organ} if CRS) without fever after an "
-            "antipyretic or anti-cytokine drug given before CRS was established: "
+            f"hypotension or hypoxia (grade {organ} if CRS) without a qualifying "
+            "fever after an antipyretic or anti-cytokine drug given before CRS "
+            "onset: "
             "the drug may be masking fever (strict reading of the ASTCT footnote "
             "grades 0)",
         )
     if a.crs_established:
         ex.monitoring(
             "afebrile_support_after_onset",
-            f"CRS established, now afebrile with no fever-masking drug since onset, "
-            f"but hypotension or hypoxia persists (grade {organ} under the clinical "
-            "reading): the literal ASTCT reading grades 0",
+            "CRS established, now without a qualifying fever and with no "
+            f"fever-masking drug since onset, but hypotension or hypoxia persists "
+            f"(grade {organ} under the clinical reading): the literal ASTCT reading "
+            "grades 0",
         )
 
 
-def _unchanged_by(a: Assessment, ex: _Explanation) -> None:
+def _unchanged_by(a: Assessment, ex: Explanation) -> None:
     """R8 and R10: organ toxicity and ICANS are recorded but never change the grade."""
     for term, ctcae in a.organ_toxicity_ctcae:
         ex.reason(
@@ -508,57 +474,3 @@ def _unchanged_by(a: Assessment, ex: _Explanation) -> None:
             "",
             "graded on the separate ICANS scale, not the CRS grade",
         )
-
-
-def _check_plausibility(a: Assessment, ex: _Explanation) -> None:
-    """§4.4 flag column: grade from extreme values, and ask for confirmation."""
-    values = {
-        "temperature_c": a.temperature_c,
-        "dbp_mmhg": a.dbp_mmhg,
-        "map_mmhg": a.map_mmhg,
-        "spo2_pct": a.spo2_pct,
-    }
-    if a.temperature_c is None and a.temperature_raw is not None:
-        raw = a.temperature_raw
-        values["temperature_c"] = temperature_to_celsius(raw.value, raw.unit)
-    for name, value in values.items():
-        limit = LIMITS[name]
-        if value is not None and limit.flags(value):
-            ex.quality(
-                f"{name}_extreme",
-                f"{name} {num(value)} is outside {_flag_range(name)}: confirm it "
-                "(graded as recorded)",
-                name,
-            )
-    _check_blood_pressure(a, ex)
-
-
-def _flag_range(name: str) -> str:
-    limit = LIMITS[name]
-    low = "" if limit.flag_below is None else f">= {limit.flag_below:g}"
-    high = "" if limit.flag_above is None else f"<= {limit.flag_above:g}"
-    return " and ".join(p for p in (low, high) if p) + f" {limit.unit}"
-
-
-def _check_blood_pressure(a: Assessment, ex: _Explanation) -> None:
-    sbp = a.sbp_mmhg
-    if sbp is not None:
-        limit = LIMITS["sbp_mmhg"]
-        low = INFANT_SBP_FLAG_BELOW_MMHG if a.age_years < 1 else limit.flag_below
-        if (low is not None and sbp < low) or (
-            limit.flag_above is not None and sbp > limit.flag_above
-        ):
-            ex.quality(
-                "sbp_mmhg_extreme",
-                f"sbp_mmhg {num(sbp)} is extreme for age {num(a.age_years)} y: "
-                "confirm it, artefact is common (graded as recorded)",
-                "sbp_mmhg",
-            )
-    if sbp is not None and a.dbp_mmhg is not None and a.map_mmhg is not None:
-        if not a.dbp_mmhg <= a.map_mmhg <= sbp:
-            ex.quality(
-                "map_mmhg_inconsistent",
-                f"map_mmhg {num(a.map_mmhg)} is not between DBP {num(a.dbp_mmhg)} "
-                f"and SBP {num(sbp)}: check the readings",
-                "map_mmhg",
-            )

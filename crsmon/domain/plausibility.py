@@ -99,7 +99,9 @@ LIMITS: MappingProxyType[str, Limit] = MappingProxyType(
             flag_below=70,
             note="oximeters are unreliable below about 70 %",
         ),
-        "fio2": Limit("1", reject_below=0.21, reject_above=1.0),
+        "fio2": Limit(
+            "(a fraction: send 40 % as 0.4)", reject_below=0.21, reject_above=1.0
+        ),
         "flow_l_min": Limit(
             "L/min",
             reject_below=0,

@@ -82,15 +82,35 @@ class ObservationGrade:
 
 
 @dataclass(frozen=True, slots=True)
+class CrsCourse:
+    """One course of CRS inside an episode: from a qualifying onset to resolution.
+
+    A new qualifying grade after a resolution starts a new course (§5.5).
+    """
+
+    onset_t_hours: float
+    max_grade: int
+    max_grade_t_hours: float
+    resolution_t_hours: float | None
+    duration_hours: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class EpisodeResult:
     """The course of one CRS episode (grading.md §5).
 
     ``observations`` are in time order. Times are hours since infusion; ``None``
-    where undefined (no onset, grade 0, or not resolved within the data).
+    where undefined (no onset, grade 0, or not resolved within the data). With
+    one course the summary is that course. With several (CRS recurred after a
+    resolution), ``onset_t_hours`` is the first onset, ``grade`` and
+    ``max_grade_t_hours`` the overall maximum, ``resolution_t_hours`` the last
+    course's resolution and ``duration_hours`` the summed course durations (both
+    ``None`` while the last course is unresolved); ``courses`` has each course.
     """
 
     grade: int
     observations: tuple[ObservationGrade, ...]
+    courses: tuple[CrsCourse, ...]
     onset_t_hours: float | None
     max_grade_t_hours: float | None
     resolution_t_hours: float | None

@@ -122,7 +122,7 @@ class DeviceRule:
 
 @dataclass(frozen=True, slots=True)
 class SbpBand:
-    """SBP below ``base_mmhg + per_year_mmhg × age`` is hypotension, for ages below a bound."""
+    """Below an age bound, SBP < ``base_mmhg + per_year_mmhg × age`` is hypotension."""
 
     below_age_years: float
     base_mmhg: float
@@ -132,7 +132,7 @@ class SbpBand:
 
 @dataclass(frozen=True, slots=True)
 class RuleText:
-    """A numbered rule or convention: what it says, where from, how sure (grading.md tags)."""
+    """A numbered rule or convention: what it says, its source, how sure it is."""
 
     id: str
     title: str
@@ -285,8 +285,7 @@ class RuleSet:
     def _active(self) -> list[tuple[str, str]]:
         c = self.conventions
         return [
-            (_KEY_NAMES.get(f.name, f.name), str(getattr(c, f.name)))
-            for f in fields(c)
+            (_KEY_NAMES.get(f.name, f.name), str(getattr(c, f.name))) for f in fields(c)
         ]
 
     def device_rule(self, device: OxygenDevice) -> DeviceRule:

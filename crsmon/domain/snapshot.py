@@ -1,4 +1,4 @@
-"""The assessment snapshot and the episode: what the grader reads (grading.md §0.1, §0.2).
+"""The assessment snapshot and the episode the grader reads (grading.md §0.1, §0.2).
 
 These are frozen values built once at the edge (after validation) and trusted here.
 Every clinical number carries its unit in its name. ``None`` always means *not

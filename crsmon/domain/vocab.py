@@ -46,7 +46,7 @@ class VasoactiveDrug(StrEnum):
 
 
 class TreatmentDrug(StrEnum):
-    """Treatments that can mask fever (§0.3): antipyretics, anti-cytokine agents, steroids.
+    """Drugs that can mask fever (§0.3): antipyretics, anti-cytokine agents, steroids.
 
     The ``other_*`` members let a feed record a drug of a known class whose name is
     not listed, instead of forcing it into a wrong name or dropping it.
@@ -137,7 +137,9 @@ class Seizure(StrEnum):
 
     NONE = "none"
     RESOLVED_RAPIDLY = "resolved_rapidly"
-    NONCONVULSIVE_RESOLVED_WITH_INTERVENTION = "nonconvulsive_resolved_with_intervention"
+    NONCONVULSIVE_RESOLVED_WITH_INTERVENTION = (
+        "nonconvulsive_resolved_with_intervention"
+    )
     PROLONGED_OVER_5_MIN = "prolonged_over_5_min"
     REPETITIVE_WITHOUT_RETURN_TO_BASELINE = "repetitive_without_return_to_baseline"
 

@@ -1,1 +1,1 @@
-"""Pydantic schemas at the edge: parse and validate input, then hand frozen domain values inward."""
+"""Edge schemas (Pydantic): validate input, then hand frozen domain values inward."""

@@ -1,4 +1,4 @@
-"""Turn validation failures into one line a person can act on: ``<field path>: <reason>``.
+"""Turn validation failures into one actionable line: ``<field path>: <reason>``.
 
 Error texts name the field and the rule that refused it and never echo the
 submitted value (a rejected value may be a mistyped identifier).

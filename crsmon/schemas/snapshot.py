@@ -8,15 +8,17 @@ coerced or guessed. Valid input becomes frozen domain values via ``to_domain``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 from crsmon.domain.plausibility import LIMITS
@@ -45,6 +47,7 @@ from crsmon.domain.vocab import (
 MAX_T_HOURS = 87_600.0
 """Ten years, in hours: a time since infusion beyond this is an entry error."""
 
+MAX_ID_CHARS = 200
 MAX_VASOPRESSORS = 12
 MAX_OBSERVATIONS = 10_000
 MAX_TREATMENTS = 10_000
@@ -82,18 +85,19 @@ Term = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 class TemperatureRawIn(_Strict):
     """An original temperature reading with its UCUM unit."""
 
-    value: float
     unit: TemperatureUnit
+    value: float
 
-    @model_validator(mode="after")
-    def _plausible(self) -> Self:
+    @field_validator("value")
+    @classmethod
+    def _plausible(cls, value: float, info: ValidationInfo) -> float:
+        unit = info.data.get("unit")
         limit = LIMITS["temperature_c"]
-        if limit.rejects(temperature_to_celsius(self.value, self.unit)):
+        if unit is not None and limit.rejects(temperature_to_celsius(value, unit)):
             raise ValueError(
-                "temperature_raw.value: converted to Cel it "
-                f"{limit.reject_reason()} (plausibility limit, §4.4)"
+                f"converted to Cel it {limit.reject_reason()} (plausibility, §4.4)"
             )
-        return self
+        return value
 
     def to_domain(self) -> TemperatureReading:
         return TemperatureReading(self.value, self.unit)
@@ -146,12 +150,15 @@ class _SnapshotFields(_Strict):
     temperature_c: Annotated[float | None, _within("temperature_c")] = None
     temperature_raw: TemperatureRawIn | None = None
     fever_attributable_to_other_cause: bool = False
-    sbp_mmhg: Annotated[float | None, _within("sbp_mmhg")] = None
+    # DBP is declared before SBP so the SBP check (§4.4: reject SBP <= DBP) sees it.
     dbp_mmhg: Annotated[float | None, _within("dbp_mmhg")] = None
+    sbp_mmhg: Annotated[float | None, _within("sbp_mmhg")] = None
     map_mmhg: Annotated[float | None, _within("map_mmhg")] = None
     iv_fluid_bolus_for_hypotension: bool = False
     hypotension_assessed: bool | None = None
-    vasopressors: Annotated[list[VasopressorIn], Field(max_length=MAX_VASOPRESSORS)] = []
+    vasopressors: Annotated[
+        list[VasopressorIn], Field(max_length=MAX_VASOPRESSORS)
+    ] = []
     hypotension_attributable_to_other_cause: bool = False
     oxygen: OxygenIn | None = None
     oxygen_for_comfort_only: bool = False
@@ -164,23 +171,29 @@ class _SnapshotFields(_Strict):
     death: bool = False
     death_attributable_to_crs: bool | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        sbp, dbp = self.sbp_mmhg, self.dbp_mmhg
+    @field_validator("sbp_mmhg")
+    @classmethod
+    def _above_dbp(cls, sbp: float | None, info: ValidationInfo) -> float | None:
+        dbp = info.data.get("dbp_mmhg")
         if sbp is not None and dbp is not None and sbp <= dbp:
-            raise ValueError("sbp_mmhg: must be greater than dbp_mmhg (§4.4)")
-        if self.death_attributable_to_crs is not None and not self.death:
-            raise ValueError(
-                "death_attributable_to_crs: may be set only when death is true"
-            )
-        return self
+            raise ValueError("must be greater than dbp_mmhg (plausibility limit, §4.4)")
+        return sbp
+
+    @field_validator("death_attributable_to_crs")
+    @classmethod
+    def _only_with_death(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value is not None and not info.data.get("death", False):
+            raise ValueError("may be set only when death is true")
+        return value
 
     def _domain_fields(self) -> dict[str, Any]:
         return {
             "weight_kg": self.weight_kg,
             "temperature_c": self.temperature_c,
             "temperature_raw": (
-                None if self.temperature_raw is None else self.temperature_raw.to_domain()
+                None
+                if self.temperature_raw is None
+                else self.temperature_raw.to_domain()
             ),
             "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
             "sbp_mmhg": self.sbp_mmhg,
@@ -205,13 +218,23 @@ class _SnapshotFields(_Strict):
         }
 
 
-LineId = Annotated[str, StringConstraints(min_length=1, max_length=200)] | int
+def _line_id(value: object) -> str | int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    raise ValueError(
+        f"must be a string of 1 to {MAX_ID_CHARS} characters or an integer"
+    )
+
+
+LineId = Annotated[str | int | None, PlainValidator(_line_id)]
 
 
 class AssessmentIn(_SnapshotFields):
     """A stand-alone assessment line (grading.md §0.1), optionally with an ``id``."""
 
-    id: LineId | None = None
+    id: LineId = None
     age_years: AgeYears
     t_hours: THours | None = None
     crs_established: bool = False
@@ -270,5 +293,5 @@ class EpisodeIn(_Strict):
 class EpisodeLineIn(_Strict):
     """An episode line: ``{"id": ..., "episode": {...}}``."""
 
-    id: LineId | None = None
+    id: LineId = None
     episode: EpisodeIn

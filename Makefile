@@ -1,0 +1,48 @@
+# crsmon task runner. `make demo` and `make check` are the README's two commands:
+# each creates the virtual environment it needs from nothing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo check lint typecheck test test-unit test-spec test-property test-cli format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps re-install when pyproject.toml changes.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+## The main job on the embedded default: grade the bundled examples as a table.
+demo: $(VENV)/.runtime
+	$(BIN)/crsmon grade examples/assessments.jsonl --format table
+
+## Everything CI runs: lint, format check, type check, all tests.
+check: lint typecheck test
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest --cov --cov-report=term
+
+test-unit test-spec test-property test-cli: $(VENV)/.dev
+	$(BIN)/python -m pytest tests/$(subst test-,,$@)
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
