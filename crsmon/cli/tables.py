@@ -64,7 +64,7 @@ def results_table(results: list[dict[str, Any]], rules: RuleSet) -> None:
             )
             continue
         table.add_row(
-            str(result["id"]),
+            "-" if result["id"] is None else str(result["id"]),
             f"[bold]{result['astct_grade']}[/]",
             "\n".join(_course(result) + result["reasons"]),
             "\n".join(result["missing_inputs"]) or "-",

@@ -182,7 +182,9 @@ def _summarise(
         max_grade_t_hours=None if peak is None else peak.t_hours,
         resolution_t_hours=last.resolution_t_hours if resolved and last else None,
         duration_hours=(
-            sum(c.duration_hours or 0.0 for c in courses) if resolved else None
+            last.resolution_t_hours - courses[0].onset_t_hours
+            if resolved and last and last.resolution_t_hours is not None
+            else None
         ),
         reasons=tuple(reasons),
         missing_inputs=tuple(missing),

@@ -104,8 +104,9 @@ class EpisodeResult:
     one course the summary is that course. With several (CRS recurred after a
     resolution), ``onset_t_hours`` is the first onset, ``grade`` and
     ``max_grade_t_hours`` the overall maximum, ``resolution_t_hours`` the last
-    course's resolution and ``duration_hours`` the summed course durations (both
-    ``None`` while the last course is unresolved); ``courses`` has each course.
+    course's resolution and ``duration_hours`` = resolution - onset, so the
+    §5.4 identity holds for the episode as a whole (both ``None`` while the last
+    course is unresolved); ``courses`` has each course with its own duration.
     """
 
     grade: int

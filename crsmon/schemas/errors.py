@@ -34,10 +34,6 @@ def describe(error: ValidationError, prefix: Sequence[int | str] = ()) -> str:
     for item in error.errors(include_input=False, include_url=False):
         message = _MESSAGES.get(item["type"], item["msg"])
         message = message.removeprefix("Value error, ")
-        loc = (*prefix, *item["loc"])
-        if loc:
-            lines.append(f"{field_path(loc)}: {message}")
-        else:
-            # Cross-field checks already start with the field they are about.
-            lines.append(message)
+        path = field_path((*prefix, *item["loc"])) or "$"
+        lines.append(f"{path}: {message}")
     return "; ".join(dict.fromkeys(lines))

@@ -9,11 +9,11 @@ hand-picked vectors.
 from __future__ import annotations
 
 import random
-from dataclasses import fields, replace
-from enum import StrEnum
+from dataclasses import replace
 from fractions import Fraction
+from typing import TypeVar
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crsmon.domain.astct2019 import ASTCT_2019
@@ -22,10 +22,10 @@ from crsmon.domain.episodes import grade_episode
 from crsmon.domain.grading import grade_assessment
 from crsmon.domain.results import GradeResult
 from crsmon.domain.rules import (
-    Conventions,
     DeviceVsFlow,
     RuleSet,
     TracheostomyCollar,
+    setting_choices,
 )
 from crsmon.domain.snapshot import (
     Assessment,
@@ -49,10 +49,12 @@ from crsmon.domain.vocab import (
     VasopressorDoseUnit,
 )
 
+T = TypeVar("T")
+
 DEFAULT = resolve_rule_set("astct-2019")
 
-FEW = settings(max_examples=150, deadline=None)
-MANY = settings(max_examples=300, deadline=None)
+FEW = settings(max_examples=200, deadline=None)
+MANY = settings(max_examples=200, deadline=None)
 
 # ---------------------------------------------------------------- strategies
 
@@ -61,7 +63,7 @@ def _floats(low: float, high: float) -> st.SearchStrategy[float]:
     return st.floats(low, high, allow_nan=False, allow_infinity=False)
 
 
-def _maybe(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+def _maybe(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
     return st.none() | strategy
 
 
@@ -174,19 +176,22 @@ def assessments(
     )
 
 
-def _setting_strategy(default: object) -> st.SearchStrategy[object]:
-    if isinstance(default, StrEnum):
-        return st.sampled_from(type(default))
-    return st.none() | st.sampled_from([0.5, 6.0, 24.0, 72.0])  # waiver_window_h
+@st.composite
+def rule_set_keys(draw: st.DrawFn) -> str:
+    """A rule-set key with any combination of the §1.7 convention settings."""
+    key = ASTCT_2019.name
+    for name, choices in setting_choices().items():
+        default, *others = choices
+        if "<hours>h" in others:
+            others = ["0.5h", "6h", "24h", "72h"]
+        value = draw(st.sampled_from([default, *others]))
+        if value != default:
+            key += f"+{name}={value}"
+    return key
 
 
-RULE_SETS = st.fixed_dictionaries(
-    {
-        f.name: _setting_strategy(getattr(Conventions(), f.name))
-        for f in fields(Conventions)
-    }
-).map(lambda values: ASTCT_2019.with_conventions(Conventions(**values)))
-"""ASTCT 2019 under any combination of the §1.7 convention settings."""
+RULE_SETS = rule_set_keys().map(resolve_rule_set)
+"""ASTCT 2019 under any combination of the convention settings."""
 
 MONOTONE_RULE_SETS = st.sampled_from(
     [
@@ -206,23 +211,52 @@ MONOTONE_RULE_SETS = st.sampled_from(
 )
 
 
+_GAPS = st.sampled_from([24.0, 1.0, 30.0, 12.0])  # around the 24 h window (§5.4)
+
+
+@st.composite
+def _random_timeline(draw: st.DrawFn, distinct: bool) -> list[tuple[float, str]]:
+    """Any 2–8 times in any input order, ties allowed unless ``distinct``."""
+    times = draw(st.lists(TIMES, min_size=2, max_size=8, unique=distinct))
+    return [(t, "any") for t in times]
+
+
+@st.composite
+def _recurring_timeline(draw: st.DrawFn) -> list[tuple[float, str]]:
+    """Fevers each followed by two checks: courses start, resolve and recur (§5.5)."""
+    t = draw(st.integers(-24, 48).map(float))
+    timeline: list[tuple[float, str]] = []
+    for _ in range(draw(st.sampled_from([2, 1, 3]))):
+        timeline.append((t, draw(st.sampled_from(["fever", "any"]))))
+        for _ in range(2):
+            t += draw(_GAPS)
+            timeline.append((t, draw(st.sampled_from(["quiet", "quiet", "any"]))))
+        t += draw(_GAPS)
+    return timeline[:8]
+
+
+def _observation(age: float, t: float, kind: str) -> st.SearchStrategy[Assessment]:
+    def plain(temperatures: st.SearchStrategy[float]) -> st.SearchStrategy[Assessment]:
+        return st.builds(
+            Assessment,
+            age_years=st.just(age),
+            t_hours=st.just(t),
+            temperature_c=temperatures,
+        )
+
+    quiet = plain(_floats(35.0, 37.9))  # afebrile, no support: grade 0
+    fever = plain(_floats(38.0, 40.5))  # fever alone: grade 1
+    full = assessments(age_years=age, t_hours=t)
+    return {"quiet": quiet, "fever": fever}.get(kind, full | quiet | fever)
+
+
 @st.composite
 def episodes(draw: st.DrawFn, distinct_times: bool = False) -> Episode:
     """An episode of 2–8 timed observations and 0–3 fever-masking treatments."""
     age = draw(AGES)
-    times = draw(st.lists(TIMES, min_size=2, max_size=8, unique=distinct_times))
-    observations = tuple(
-        draw(
-            assessments(age_years=age, t_hours=t)
-            | st.builds(  # a quiet check: afebrile, no support (grade 0 unless death)
-                Assessment,
-                age_years=st.just(age),
-                t_hours=st.just(t),
-                temperature_c=_floats(35.0, 37.9),
-            )
-        )
-        for t in times
-    )
+    recurring = _recurring_timeline()
+    timeline = draw(_random_timeline(distinct_times) | recurring | recurring)
+    observations = tuple(draw(_observation(age, t, kind)) for t, kind in timeline)
     treatments = draw(
         st.lists(
             st.builds(Treatment, t_hours=TIMES, drug=st.sampled_from(TreatmentDrug)),
@@ -478,11 +512,7 @@ def test_fahrenheit_input_grades_like_converted_celsius(
 
 # ---------------------------------------------------------------- 7. attribution
 
-_ATTRIBUTIONS = (
-    "fever_attributable_to_other_cause",
-    "hypotension_attributable_to_other_cause",
-    "hypoxia_attributable_to_other_cause",
-)
+_ATTRIBUTIONS = ("fever", "hypotension", "hypoxia")
 
 
 @MANY
@@ -496,7 +526,19 @@ def test_attribution_never_raises_the_grade(
 ) -> None:
     """Attributing fever, hypotension or hypoxia elsewhere never raises the grade."""
     before = grade_assessment(a, rules).grade
-    after = grade_assessment(replace(a, **dict.fromkeys(attributed, True)), rules)
+    attributed_a = replace(
+        a,
+        fever_attributable_to_other_cause=(
+            a.fever_attributable_to_other_cause or "fever" in attributed
+        ),
+        hypotension_attributable_to_other_cause=(
+            a.hypotension_attributable_to_other_cause or "hypotension" in attributed
+        ),
+        hypoxia_attributable_to_other_cause=(
+            a.hypoxia_attributable_to_other_cause or "hypoxia" in attributed
+        ),
+    )
+    after = grade_assessment(attributed_a, rules)
     assert after.grade <= before
 
 
@@ -523,8 +565,24 @@ def test_organ_toxicity_and_icans_never_change_the_grade(
 # ---------------------------------------------------------------- 9. episodes
 
 
+def _plain_course(*readings: tuple[float, float]) -> Episode:
+    return Episode(
+        age_years=30.0,
+        observations=tuple(
+            Assessment(age_years=30.0, t_hours=t, temperature_c=c) for t, c in readings
+        ),
+    )
+
+
+RECURRED_AND_RESOLVED = _plain_course(
+    (0.0, 38.0), (1.0, 37.0), (25.0, 37.0), (26.0, 38.0), (27.0, 37.0), (51.0, 37.0)
+)
+"""Fever at 0 h resolves at 1 h; fever recurs at 26 h and resolves at 27 h (§5.5)."""
+
+
 @FEW
 @given(episode=episodes(), rules=RULE_SETS)
+@example(episode=RECURRED_AND_RESOLVED, rules=DEFAULT)
 def test_episode_summary_is_consistent_with_its_observations(
     episode: Episode, rules: RuleSet
 ) -> None:

@@ -280,7 +280,8 @@ def test_recurrence_after_resolution_starts_a_new_course() -> None:
     assert result.onset_t_hours == 24
     assert result.max_grade_t_hours == 100
     assert result.resolution_t_hours == 110
-    assert result.duration_hours == 12 + 10
+    assert result.duration_hours == 110 - 24
+    assert (first.duration_hours, second.duration_hours) == (12, 10)
     assert "crs_recurred_after_resolution" in result.flag_codes
 
 
