@@ -184,8 +184,14 @@ _KEY_NAMES: MappingProxyType[str, str] = MappingProxyType(
 """Setting names as written in a rule-set key, where they differ from the field."""
 
 
+MAX_WAIVER_WINDOW_H = 8760.0
+"""A fever-waiver window longer than a year is an entry error."""
+
+
 def _format_hours(value: float) -> str:
-    return f"{value:g}h"
+    # Exact and parseable back: never exponent notation, never rounded.
+    text = str(int(value)) if value.is_integer() else repr(value)
+    return f"{text}h"
 
 
 def _parse_hours(text: str) -> float:
@@ -194,8 +200,10 @@ def _parse_hours(text: str) -> float:
         hours = float(number)
     except ValueError:
         raise ValueError(f"waiver_window: {text!r} is not a number of hours") from None
-    if not hours > 0 or hours == float("inf"):
-        raise ValueError("waiver_window: must be a positive, finite number of hours")
+    if not 0 < hours <= MAX_WAIVER_WINDOW_H:
+        raise ValueError(
+            f"waiver_window: must be more than 0 and at most {MAX_WAIVER_WINDOW_H:g} h"
+        )
     return hours
 
 
