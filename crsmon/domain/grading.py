@@ -115,7 +115,7 @@ def _fever(a: Assessment, rules: RuleSet, ex: Explanation) -> bool:
     if a.temperature_c is None and a.temperature_raw is not None:
         value += f" (from {num(a.temperature_raw.value)} {a.temperature_raw.unit})"
     if t_c < rules.fever_threshold_c:
-        ex.reason("R1", "fever", value, f"< {limit}", "no fever")
+        ex.reason("R1, A15", "fever", value, f"< {limit}", "no fever")
         return False
     if a.fever_attributable_to_other_cause:
         ex.reason(
@@ -126,7 +126,7 @@ def _fever(a: Assessment, rules: RuleSet, ex: Explanation) -> bool:
             "not counted",
         )
         return False
-    ex.reason("R1", "fever", value, f">= {limit}", "fever", 1)
+    ex.reason("R1, A15", "fever", value, f">= {limit}", "fever", 1)
     return True
 
 
@@ -202,12 +202,19 @@ def _hemodynamic(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
                 "vasopressor was graded",
                 "hypotension_assessed",
             )
-        return _unless_attributed(a, ex, names, criterion, grade)
+        # A9: agents running at the same time; one drug at two rates is one agent.
+        rule = "R5, A9" if len(a.vasopressors) > len(drugs) else "R5"
+        return _unless_attributed(a, ex, names, criterion, grade, rule)
     return _hypotension_without_vasopressor(a, rules, ex)
 
 
 def _unless_attributed(
-    a: Assessment, ex: Explanation, value: str, criterion: str, grade: int
+    a: Assessment,
+    ex: Explanation,
+    value: str,
+    criterion: str,
+    grade: int,
+    rule: str = "R5",
 ) -> int:
     if a.hypotension_attributable_to_other_cause:
         ex.reason(
@@ -218,7 +225,7 @@ def _unless_attributed(
             "not counted",
         )
         return 0
-    ex.reason("R5", "hypotension", value, criterion, f"grade {grade}", grade)
+    ex.reason(rule, "hypotension", value, criterion, f"grade {grade}", grade)
     return grade
 
 
@@ -284,6 +291,7 @@ def _hypotension_without_vasopressor(
             value,
             f"< {threshold:g} mmHg ({band.label}; not requiring vasopressors)",
             2,
+            "R5, A1, A2",
         )
     ex.reason(
         "A1", "hypotension", value, f">= {threshold:g} mmHg ({band.label})", "none"

@@ -8,8 +8,8 @@ from spec_tables import cases, check_row
 
 FEVER = """
 | case                                   | temp  | temp_f | attrib | grade | fired  | missing       |
-| 38.0 C is fever (>=, A15)              | 38.0  |        |        | 1     | R1 R4  | sbp_mmhg      |
-| 37.99 C is not rounded up              | 37.99 |        |        | 0     | R1 R2  |               |
+| 38.0 C is fever (>=, A15)              | 38.0  |        |        | 1     | A15 R4 | sbp_mmhg      |
+| 37.99 C is not rounded up              | 37.99 |        |        | 0     | A15 R2 |               |
 | 37.9 C is not fever                    | 37.9  |        |        | 0     | R1 R2  |               |
 | 41.0 C is fever                        | 41.0  |        |        | 1     | R1     |               |
 | no temperature is not fever            |       |        |        | 0     | R1 R2  | temperature_c |
@@ -32,5 +32,6 @@ def test_fahrenheit_reason_shows_the_original_reading() -> None:
     checked = check_row({"temp_f": "100.4", "grade": "1", "fired": "R1"})
     texts = [r.text for r in checked.result.reasons]
     assert (
-        "fever: temperature 38.0 C (from 100.4 [degF]) >= 38.0 C -> fever [R1]" in texts
+        "fever: temperature 38.0 C (from 100.4 [degF]) >= 38.0 C -> fever [R1, A15]"
+        in texts
     )
