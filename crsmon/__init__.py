@@ -3,4 +3,6 @@
 Research software for monitoring and analysis, not a medical device.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("crsmon")

@@ -15,18 +15,23 @@ from pydantic import ValidationError
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.grading import grade_assessment
 from crsmon.domain.rules import RuleSet
-from crsmon.presenters import LineId, assessment_json, episode_json, error_json
+from crsmon.presenters import assessment_json, episode_json, error_json
 from crsmon.schemas.errors import describe
 from crsmon.schemas.jsonl import read_object
-from crsmon.schemas.snapshot import AssessmentIn, EpisodeLineIn
+from crsmon.schemas.snapshot import (
+    AssessmentIn,
+    EpisodeLineIn,
+    LineIdValue,
+    read_line_id,
+)
 
 
-def _readable_id(value: object) -> LineId:
-    if isinstance(value, bool):
+def _readable_id(value: object) -> LineIdValue:
+    """The id to echo on an error line: the line's id if valid, else null."""
+    try:
+        return read_line_id(value)
+    except ValueError:
         return None
-    if isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= 200):
-        return value
-    return None
 
 
 def grade_line(text: str, line_no: int, rules: RuleSet) -> dict[str, Any]:
@@ -35,6 +40,8 @@ def grade_line(text: str, line_no: int, rules: RuleSet) -> dict[str, Any]:
     line_id = None if obj is None else _readable_id(obj.get("id"))
     if problem is not None:
         return error_json(line_id, line_no, problem)
+    # The text is validated again in Pydantic's strict *JSON* mode: strict Python
+    # mode would refuse enum values given as strings, lax mode would coerce types.
     try:
         if obj is not None and "episode" in obj:
             episode = EpisodeLineIn.model_validate_json(text)

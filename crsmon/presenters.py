@@ -14,27 +14,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from crsmon.domain.results import EpisodeResult, Flag, GradeResult, Reason
+from crsmon.domain.results import EpisodeResult, GradeResult, Reason
 from crsmon.domain.rules import RuleSet
 
 LineId = str | int | None
+"""A line's ``id`` as sent (validated at the edge), or ``None``."""
 
 
 def _reasons(reasons: tuple[Reason, ...]) -> list[str]:
     return [r.text for r in reasons]
 
 
-def _flag_details(flags: tuple[Flag, ...]) -> list[dict[str, Any]]:
-    return [
-        {"code": f.code, "kind": str(f.kind), "field": f.field, "message": f.message}
-        for f in flags
-    ]
-
-
-def assessment_json(
-    line_id: LineId, result: GradeResult, rules: RuleSet
+def _explained(
+    line_id: LineId, result: GradeResult | EpisodeResult, rules: RuleSet
 ) -> dict[str, Any]:
-    """One graded assessment line."""
+    """The keys every graded line has."""
     return {
         "id": line_id,
         "astct_grade": result.grade,
@@ -43,8 +37,23 @@ def assessment_json(
         "flags": list(result.flag_codes),
         "rule_set": result.rule_set,
         "rule_set_version": rules.version,
-        "flag_details": _flag_details(result.flags),
+        "flag_details": [
+            {
+                "code": f.code,
+                "kind": str(f.kind),
+                "field": f.field,
+                "message": f.message,
+            }
+            for f in result.flags
+        ],
     }
+
+
+def assessment_json(
+    line_id: LineId, result: GradeResult, rules: RuleSet
+) -> dict[str, Any]:
+    """One graded assessment line."""
+    return _explained(line_id, result, rules)
 
 
 def episode_json(
@@ -52,19 +61,12 @@ def episode_json(
 ) -> dict[str, Any]:
     """One graded episode line."""
     return {
-        "id": line_id,
-        "astct_grade": result.grade,
-        "reasons": _reasons(result.reasons),
-        "missing_inputs": list(result.missing_inputs),
-        "flags": list(result.flag_codes),
-        "rule_set": result.rule_set,
-        "rule_set_version": rules.version,
+        **_explained(line_id, result, rules),
         "per_observation_astct_grades": list(result.per_observation_grades),
         "onset_t_hours": result.onset_t_hours,
         "max_grade_t_hours": result.max_grade_t_hours,
         "resolution_t_hours": result.resolution_t_hours,
         "duration_hours": result.duration_hours,
-        "flag_details": _flag_details(result.flags),
         "courses": [
             {
                 "onset_t_hours": c.onset_t_hours,

@@ -6,15 +6,15 @@ import click
 from rich.table import Table
 
 from crsmon.cli.options import rule_set_option
-from crsmon.cli.tables import _console
-from crsmon.domain.rules import CONVENTION_IDS, RuleSet, setting_choices
+from crsmon.cli.tables import console as make_console
+from crsmon.domain.rules import RuleSet, settings_table
 
 
 @click.command()
 @rule_set_option
 def rules(rule_set: RuleSet) -> None:
     """Show a rule set: citation, every rule and convention, and the settings."""
-    console = _console()
+    console = make_console()
     console.print(
         f"[bold]{rule_set.title}[/] key {rule_set.key} version {rule_set.version}"
     )
@@ -29,9 +29,6 @@ def rules(rule_set: RuleSet) -> None:
     settings = Table(title="Settings (append +name=value to the key)")
     for column in ("setting", "convention", "values (default first)"):
         settings.add_column(column)
-    attr_of = {"waiver_window": "waiver_window_h"}
-    for name, values in setting_choices().items():
-        settings.add_row(
-            name, CONVENTION_IDS[attr_of.get(name, name)], ", ".join(values)
-        )
+    for name, convention, values in settings_table():
+        settings.add_row(name, convention, ", ".join(values))
     console.print(settings)

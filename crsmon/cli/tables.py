@@ -12,12 +12,10 @@ from crsmon.domain.rules import RuleSet
 DISCLAIMER = "Research software for monitoring and analysis, not a medical device."
 
 
-def _console() -> Console:
-    console = Console()
-    if not console.is_terminal:
-        # Piped output: wide enough that reasons are not folded mid-word.
-        console = Console(width=160)
-    return console
+def console() -> Console:
+    terminal = Console()
+    # Piped output: wide enough that reasons are not folded mid-word.
+    return terminal if terminal.is_terminal else Console(width=160)
 
 
 def _hours(value: float | None, missing: str) -> str:
@@ -70,4 +68,4 @@ def results_table(results: list[dict[str, Any]], rules: RuleSet) -> None:
             "\n".join(result["missing_inputs"]) or "-",
             "\n".join(result["flags"]) or "-",
         )
-    _console().print(table)
+    console().print(table)

@@ -37,7 +37,7 @@ from crsmon.domain.results import (
     Reason,
 )
 from crsmon.domain.rules import MaskedFever, RuleSet
-from crsmon.domain.snapshot import Assessment, Episode, Treatment
+from crsmon.domain.snapshot import Assessment, Episode, MaskingDrug, Treatment
 
 
 @dataclass
@@ -47,7 +47,6 @@ class _OpenCourse:
     max_t: float
     zero_since: float | None = None
     resolution: float | None = None
-    zero_span: float = 0.0
 
     def close(self) -> CrsCourse:
         resolved = self.resolution
@@ -76,14 +75,16 @@ def grade_episode(episode: Episode, rules: RuleSet) -> EpisodeResult:
     current: _OpenCourse | None = None
     for t, moment in groupby(timed, key=lambda item: item[0]):
         onset = None if current is None else current.onset
-        results = [
-            ObservationGrade(
-                t, i, grade_assessment(_derive(o, t, onset, treatments, rules), rules)
+        resolved = [c.resolution for c in courses if c.resolution is not None]
+        drugs = _masking_drugs(t, onset, max(resolved, default=None), treatments, rules)
+        for _, index, observation in moment:
+            derived = replace(
+                observation,
+                crs_established=onset is not None and t > onset,
+                masking_drugs=drugs,
             )
-            for _, i, o in moment
-        ]
-        graded += results
-        top = max(r.result.grade for r in results)
+            graded.append(ObservationGrade(t, index, grade_assessment(derived, rules)))
+        top = max(g.result.grade for g in graded if g.t_hours == t)
         if current is None:
             if top >= 1:
                 current = _OpenCourse(onset=t, max_grade=top, max_t=t)
@@ -111,36 +112,48 @@ def _advance(course: _OpenCourse, t: float, top: int, rules: RuleSet) -> bool:
     span = t - course.zero_since
     if span < rules.resolution_window_h:
         return False
-    course.resolution, course.zero_span = course.zero_since, span
+    course.resolution = course.zero_since
     return True
 
 
-def _in_window(treatment: Treatment, t: float, rules: RuleSet) -> bool:
-    window = rules.conventions.waiver_window_h
-    return treatment.t_hours <= t and (
-        window is None or t - treatment.t_hours <= window
-    )
-
-
-def _derive(
-    observation: Assessment,
+def dose_kind(
+    dose_t: float,
     t: float,
     onset: float | None,
+    last_resolution: float | None,
+    rules: RuleSet,
+) -> MaskingDrug | None:
+    """How a dose given at ``dose_t`` bears on an observation at ``t`` (R3, A3, A6).
+
+    ``onset`` is the current course's onset (``None`` between courses) and
+    ``last_resolution`` the resolution of the latest resolved course. A dose
+    given before that belongs to an earlier course's history. ``None``: the dose
+    comes after ``t`` or, outside the current course, its window has run out.
+    """
+    if dose_t > t:
+        return None
+    window = rules.conventions.waiver_window_h
+    in_window = window is None or t - dose_t <= window
+    if onset is not None and dose_t >= onset:
+        return MaskingDrug.SINCE_ONSET if in_window else MaskingDrug.EXPIRED
+    if not in_window:
+        return None
+    if last_resolution is not None and dose_t < last_resolution:
+        return MaskingDrug.EARLIER_COURSE
+    return MaskingDrug.BEFORE_ONSET
+
+
+def _masking_drugs(
+    t: float,
+    onset: float | None,
+    last_resolution: float | None,
     treatments: list[Treatment],
     rules: RuleSet,
-) -> Assessment:
-    """Set the fields the engine owns: established CRS and the fever-masking drugs."""
-    established = onset is not None and t > onset
-    given = [tr for tr in treatments if _in_window(tr, t, rules)]
-    after_onset = [tr for tr in given if onset is not None and tr.t_hours >= onset]
-    before_onset = [tr for tr in given if onset is None or tr.t_hours < onset]
-    return replace(
-        observation,
-        crs_established=established,
-        antipyretic_or_anticytokine_given=established and bool(after_onset),
-        masking_drug_before_onset=bool(before_onset)
-        or (bool(after_onset) and not established),
+) -> frozenset[MaskingDrug]:
+    kinds = (
+        dose_kind(tr.t_hours, t, onset, last_resolution, rules) for tr in treatments
     )
+    return frozenset(k for k in kinds if k is not None)
 
 
 def _summarise(
@@ -151,8 +164,7 @@ def _summarise(
 ) -> EpisodeResult:
     top = max((g.result.grade for g in graded), default=0)
     peak = next((g for g in graded if top and g.result.grade == top), None)
-    last = courses[-1] if courses else None
-    resolved = last is not None and last.resolution_t_hours is not None
+    end = courses[-1].resolution_t_hours if courses else None
     reasons = [_onset_reason(courses)]
     reasons += _treatment_reasons(treatments, courses, rules)
     if peak is not None:
@@ -180,12 +192,8 @@ def _summarise(
         courses=tuple(courses),
         onset_t_hours=courses[0].onset_t_hours if courses else None,
         max_grade_t_hours=None if peak is None else peak.t_hours,
-        resolution_t_hours=last.resolution_t_hours if resolved and last else None,
-        duration_hours=(
-            last.resolution_t_hours - courses[0].onset_t_hours
-            if resolved and last and last.resolution_t_hours is not None
-            else None
-        ),
+        resolution_t_hours=end,
+        duration_hours=None if end is None else end - courses[0].onset_t_hours,
         reasons=tuple(reasons),
         missing_inputs=tuple(missing),
         flags=tuple(flags),
@@ -208,32 +216,32 @@ def _onset_reason(courses: list[CrsCourse]) -> Reason:
     )
 
 
-def _course_at(courses: list[CrsCourse], t: float) -> CrsCourse | None:
-    for course in courses:
-        end = course.resolution_t_hours
-        if course.onset_t_hours <= t and (end is None or t < end):
-            return course
-    return None
-
-
 def _treatment_reasons(
     treatments: list[Treatment], courses: list[CrsCourse], rules: RuleSet
 ) -> list[Reason]:
     lenient = rules.conventions.masked_fever is MaskedFever.LENIENT
     reasons = []
     for tr in treatments:
-        when = f"{tr.drug} at {num(tr.t_hours)} h"
-        course = _course_at(courses, tr.t_hours)
+        course = next(
+            (
+                c
+                for c in courses
+                if c.onset_t_hours <= tr.t_hours
+                and (c.resolution_t_hours is None or tr.t_hours < c.resolution_t_hours)
+            ),
+            None,
+        )
         if course is not None:
             rule = "§5.3, R3"
             criterion = f"at or after onset ({num(course.onset_t_hours)} h)"
             outcome = "fever not required for later observations of this course"
         elif lenient:
-            rule, criterion = "§5.3, A3", "before onset (masked_fever=lenient)"
-            outcome = "fever not required for later observations"
+            rule, criterion = "§5.3, A3", "(before onset; masked_fever=lenient)"
+            outcome = "fever not required for later observations, until CRS resolves"
         else:
-            rule, criterion = "§5.3, A3", "before onset"
+            rule, criterion = "§5.3, A3", "(before onset)"
             outcome = "does not waive fever"
+        when = f"{tr.drug} at {num(tr.t_hours)} h"
         reasons.append(Reason(rule, "fever waiver", when, criterion, outcome))
     return reasons
 

@@ -11,7 +11,6 @@ read as normal.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 from crsmon.domain.explain import Explanation, num
 from crsmon.domain.quality import check_flow, check_plausibility
@@ -20,20 +19,13 @@ from crsmon.domain.rules import (
     AfebrileAfterOnset,
     AgeBasis,
     AgentRole,
+    DeviceRule,
     MaskedFever,
     RuleSet,
     SbpBand,
 )
-from crsmon.domain.snapshot import Assessment
+from crsmon.domain.snapshot import Assessment, MaskingDrug
 from crsmon.domain.units import celsius_exact, exact_decimal, temperature_to_celsius
-from crsmon.domain.vocab import OxygenDevice, VasoactiveDrug
-
-_CONVENTION_OF_AGENT = {
-    VasoactiveDrug.DOBUTAMINE: "A7",
-    VasoactiveDrug.MILRINONE: "A7",
-    VasoactiveDrug.ANGIOTENSIN_II: "A8",
-    VasoactiveDrug.TERLIPRESSIN: "A8",
-}
 
 
 def grade_assessment(assessment: Assessment, rules: RuleSet) -> GradeResult:
@@ -43,28 +35,21 @@ def grade_assessment(assessment: Assessment, rules: RuleSet) -> GradeResult:
     """
     ex = Explanation()
     a = assessment
-    fatal = _death(a, ex)
     fever = _fever(a, rules, ex)
     waived = _waiver(a, rules, ex, fever)
     hemo = _hemodynamic(a, rules, ex)
     resp = _respiratory(a, rules, ex)
     grade = _combine(a, ex, fever=fever, waived=waived, hemo=hemo, resp=resp)
-    if fatal:
-        grade = 5
-        ex.reason(
-            "R9", "grade", "death attributed to CRS", "(whatever else)", "grade 5", 5
-        )
     _unchanged_by(a, ex)
     check_plausibility(a, ex)
     return ex.result(grade, rules)
 
 
-def _death(a: Assessment, ex: Explanation) -> bool:
+def _crs_death(a: Assessment, ex: Explanation) -> bool:
     """R9: a death due to CRS is grade 5 whatever the other findings."""
     if not a.death:
         return False
     if a.death_attributable_to_crs:
-        ex.reason("R9", "death", "attributed to CRS", "", "grade 5", 5)
         return True
     if a.death_attributable_to_crs is None:
         ex.lacks("death_attributable_to_crs")
@@ -88,7 +73,7 @@ def _temperature_c(a: Assessment, rules: RuleSet, ex: Explanation) -> float | No
             gap = abs(
                 exact_decimal(a.temperature_c) - celsius_exact(raw.value, raw.unit)
             )
-            if gap > Fraction(repr(rules.temperature_disagreement_c)):
+            if gap > exact_decimal(rules.temperature_disagreement_c):
                 ex.quality(
                     "temperature_sources_disagree",
                     f"temperature_c {num(a.temperature_c)} C and temperature_raw "
@@ -131,12 +116,12 @@ def _fever(a: Assessment, rules: RuleSet, ex: Explanation) -> bool:
 
 
 def _waiver(a: Assessment, rules: RuleSet, ex: Explanation, fever: bool) -> bool:
-    """R3 with A3 and A5: when fever is no longer needed to grade."""
+    """R3 with A3, A5 and A6: when fever is no longer needed to grade."""
     c = rules.conventions
+    drugs = a.masking_drugs
     if fever:
         return False
-    drug_given = a.antipyretic_or_anticytokine_given
-    if a.crs_established and drug_given:
+    if a.crs_established and MaskingDrug.SINCE_ONSET in drugs:
         ex.reason(
             "R3",
             "fever waiver",
@@ -145,9 +130,7 @@ def _waiver(a: Assessment, rules: RuleSet, ex: Explanation, fever: bool) -> bool
             "fever not required",
         )
         return True
-    if c.masked_fever is MaskedFever.LENIENT and (
-        drug_given or a.masking_drug_before_onset
-    ):
+    if c.masked_fever is MaskedFever.LENIENT and MaskingDrug.BEFORE_ONSET in drugs:
         ex.reason(
             "A3",
             "fever waiver",
@@ -160,8 +143,7 @@ def _waiver(a: Assessment, rules: RuleSet, ex: Explanation, fever: bool) -> bool
         ex.reason(
             "A5",
             "fever waiver",
-            "CRS established, fever settled without antipyretic or anti-cytokine "
-            "therapy",
+            "CRS established, no qualifying fever and no fever-masking drug in effect",
             "(afebrile_after_onset=clinical)",
             "fever not required",
         )
@@ -176,7 +158,7 @@ def _hemodynamic(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
     for d in drugs:
         if roles[d] is AgentRole.NOT_COUNTED:
             ex.reason(
-                _CONVENTION_OF_AGENT.get(d, "R5"),
+                rules.agent_convention(d) or "R5",
                 "vasoactive agent",
                 f"{d} running",
                 "(not a vasopressor under this rule set)",
@@ -203,7 +185,9 @@ def _hemodynamic(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
                 "hypotension_assessed",
             )
         # A9: agents running at the same time; one drug at two rates is one agent.
-        rule = "R5, A9" if len(a.vasopressors) > len(drugs) else "R5"
+        cited = ["R5"] + ["A9"] * (len(a.vasopressors) > len(drugs))
+        cited += [c for d in counted if (c := rules.agent_convention(d))]
+        rule = ", ".join(dict.fromkeys(cited))
         return _unless_attributed(a, ex, names, criterion, grade, rule)
     return _hypotension_without_vasopressor(a, rules, ex)
 
@@ -335,17 +319,19 @@ def _respiratory(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
     device, flow = oxygen.device, oxygen.flow_l_min
     rule = rules.device_rule(device)
     check_flow(device, flow, rule.by_flow, ex)
+    low = rules.low_flow_max_l_min
+    grade = _device_grade(rule, flow, low)
+    value = str(device) if flow is None else f"{device} at {num(flow)} L/min"
     if rule.by_flow and flow is not None:
-        low = rules.low_flow_max_l_min
-        grade = 2 if flow <= low else 3
-        op = "<=" if grade == 2 else ">"
-        value, criterion = f"{device} at {num(flow)} L/min", f"{op} {low:g} L/min"
-        rule_id = "R6" if device is OxygenDevice.NASAL_CANNULA else "R6, A10"
+        criterion = f"{'<=' if grade == 2 else '>'} {low:g} L/min"
     else:
-        grade = rule.grade
-        value = str(device) if flow is None else f"{device} at {num(flow)} L/min"
         criterion = f"({rule.category})"
-        rule_id = _device_rule_id(device, flow, rule.by_flow)
+    cited = ["R6"] + ["A11"] * (rule.by_flow and flow is None)
+    alternative = rules.device_alternative(device)
+    # A10/A12 are cited only where the convention decided the grade.
+    if alternative is not None and _device_grade(alternative[1], flow, low) != grade:
+        cited.append(alternative[0])
+    rule_id = ", ".join(cited)
     if grade == 0:
         ex.reason(rule_id, "hypoxia", value, criterion, "none")
         _hypoxemia_without_support(a, rules, ex)
@@ -380,15 +366,11 @@ def _respiratory(a: Assessment, rules: RuleSet, ex: Explanation) -> int:
     return grade
 
 
-def _device_rule_id(device: OxygenDevice, flow: float | None, by_flow: bool) -> str:
-    if by_flow:
-        return "A11"  # graded by flow, but no flow recorded
-    if device is OxygenDevice.TRACHEOSTOMY_COLLAR:
-        return "R6, A12"
-    boundary_devices = (OxygenDevice.BLOW_BY, OxygenDevice.HIGH_FLOW_NASAL_CANNULA)
-    if device in boundary_devices and flow is not None:
-        return "R6, A10"
-    return "R6"
+def _device_grade(rule: DeviceRule, flow: float | None, low_max_l_min: float) -> int:
+    """R6: a flow-graded device is low flow (2) up to the limit, high flow (3) above."""
+    if rule.by_flow and flow is not None:
+        return 2 if flow <= low_max_l_min else 3
+    return rule.grade
 
 
 def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: Explanation) -> None:
@@ -413,54 +395,62 @@ def _hypoxemia_without_support(a: Assessment, rules: RuleSet, ex: Explanation) -
 def _combine(
     a: Assessment, ex: Explanation, *, fever: bool, waived: bool, hemo: int, resp: int
 ) -> int:
-    """R2, R4, A3–A5: fever plus the more severe of hypotension and hypoxia."""
+    """R2, R4, R9, A3–A5: fever plus the more severe of hypotension and hypoxia."""
     organ = max(hemo, resp)
     components = f"hypotension grade {hemo}, hypoxia grade {resp}"
     if fever:
-        grade = max(1, organ)
-        rule = "R4"
+        grade, rule = max(1, organ), "R4"
         value = f"fever with {components}"
         criterion = (
             "(fever alone is grade 1)" if organ == 0 else "(the more severe wins)"
         )
     elif waived:
-        grade = organ
-        rule = "R3, R4" if organ else "A4"
+        grade, rule = organ, "R3, R4" if organ else "A4"
         value = f"fever waived with {components}"
         criterion = "(the more severe wins)" if organ else "(no hypotension or hypoxia)"
     else:
-        grade = 0
-        rule = "R2"
+        grade, rule = 0, "R2"
         value = f"no qualifying fever and no fever waiver ({components})"
         criterion = "(every grade needs fever)"
         if organ:
             _afebrile_signals(a, ex, organ)
+    if _crs_death(a, ex):
+        value = f"death attributed to CRS (without it: {value}, grade {grade})"
+        ex.reason("R9", "grade", value, "(whatever else)", "grade 5", 5)
+        return 5
     outcome = f"grade {grade}" + ("" if grade else " (no CRS by ASTCT)")
     ex.reason(rule, "grade", value, criterion, outcome, grade)
     return grade
 
 
+_HIDDEN_BY = {
+    MaskingDrug.BEFORE_ONSET: "given before CRS onset",
+    MaskingDrug.EARLIER_COURSE: "given during an earlier, resolved CRS course",
+}
+
+
 def _afebrile_signals(a: Assessment, ex: Explanation, organ: int) -> None:
     """A3, A5: hypotension or hypoxia without fever may be CRS that a drug hides."""
-    drug = (
-        a.antipyretic_or_anticytokine_given and not a.crs_established
-    ) or a.masking_drug_before_onset
-    if drug:
+    hidden_by = [text for kind, text in _HIDDEN_BY.items() if kind in a.masking_drugs]
+    if hidden_by:
         ex.monitoring(
             "possible_masked_crs",
             f"hypotension or hypoxia (grade {organ} if CRS) without a qualifying "
-            "fever after an antipyretic or anti-cytokine drug given before CRS "
-            "onset: "
-            "the drug may be masking fever (strict reading of the ASTCT footnote "
-            "grades 0)",
+            "fever after an antipyretic or anti-cytokine drug "
+            f"{' and '.join(hidden_by)}: the drug may be masking fever (the strict "
+            "reading of the ASTCT footnote grades 0)",
         )
     if a.crs_established:
+        drug = (
+            "the waiver window of the fever-masking drug given since onset has run out"
+            if MaskingDrug.EXPIRED in a.masking_drugs
+            else "no fever-masking drug was given since onset"
+        )
         ex.monitoring(
             "afebrile_support_after_onset",
-            "CRS established, now without a qualifying fever and with no "
-            f"fever-masking drug since onset, but hypotension or hypoxia persists "
-            f"(grade {organ} under the clinical reading): the literal ASTCT reading "
-            "grades 0",
+            f"CRS established, now without a qualifying fever, and {drug}, but "
+            f"hypotension or hypoxia persists (grade {organ} under the clinical "
+            "reading): the literal ASTCT reading grades 0",
         )
 
 

@@ -56,6 +56,11 @@ class Flag:
     field: str | None = None
 
 
+def unique_codes(flags: tuple[Flag, ...]) -> tuple[str, ...]:
+    """The flag codes in order, each once."""
+    return tuple(dict.fromkeys(f.code for f in flags))
+
+
 @dataclass(frozen=True, slots=True)
 class GradeResult:
     """The ASTCT grade of one assessment and its explanation."""
@@ -69,7 +74,7 @@ class GradeResult:
     @property
     def flag_codes(self) -> tuple[str, ...]:
         """The flag codes in order, each once."""
-        return tuple(dict.fromkeys(f.code for f in self.flags))
+        return unique_codes(self.flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,4 +134,4 @@ class EpisodeResult:
     @property
     def flag_codes(self) -> tuple[str, ...]:
         """The flag codes in order, each once."""
-        return tuple(dict.fromkeys(f.code for f in self.flags))
+        return unique_codes(self.flags)

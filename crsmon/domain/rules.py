@@ -207,6 +207,11 @@ def _parse_hours(text: str) -> float:
     return hours
 
 
+def _convention_of(key_name: str) -> str:
+    field_name = {v: k for k, v in _KEY_NAMES.items()}.get(key_name, key_name)
+    return CONVENTION_IDS[field_name]
+
+
 def format_settings(conventions: Conventions) -> str:
     """The key suffix for non-default settings, e.g. ``+hypotension=haque``."""
     default = Conventions()
@@ -219,6 +224,14 @@ def format_settings(conventions: Conventions) -> str:
         text = _format_hours(value) if f.name == "waiver_window_h" else str(value)
         parts.append(f"+{name}={text}")
     return "".join(parts)
+
+
+def settings_table() -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each setting as (key name, convention id, accepted values, default first)."""
+    return [
+        (name, _convention_of(name), values)
+        for name, values in setting_choices().items()
+    ]
 
 
 def setting_choices() -> dict[str, tuple[str, ...]]:
@@ -310,6 +323,23 @@ class RuleSet:
             role = self.agent_overrides.get(setting, {}).get(drug, role)
         return role
 
+    def device_alternative(self, device: OxygenDevice) -> tuple[str, DeviceRule] | None:
+        """The convention that decides how ``device`` grades, and the rule it is
+        *not* using now (the override when inactive, the base rule when active)."""
+        active = self._active()
+        for setting, table in self.device_overrides.items():
+            if device in table:
+                other = self.devices[device] if setting in active else table[device]
+                return _convention_of(setting[0]), other
+        return None
+
+    def agent_convention(self, drug: VasoactiveDrug) -> str | None:
+        """The convention (A7, A8) that decides how ``drug`` counts, if any."""
+        for setting, table in self.agent_overrides.items():
+            if drug in table:
+                return _convention_of(setting[0])
+        return None
+
     def fingerprint(self) -> str:
         """SHA-256 of the released data (settings excluded): pinned by a test."""
         data = {
@@ -360,4 +390,5 @@ __all__ = [
     "frozen_mapping",
     "parse_settings",
     "setting_choices",
+    "settings_table",
 ]

@@ -9,6 +9,7 @@ recorded*; it is never a stand-in for a normal value, and the grader reports it 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from crsmon.domain.vocab import (
     CerebralEdema,
@@ -65,15 +66,34 @@ class IcansFindings:
     attributable_to_other_cause: bool = False
 
 
+class MaskingDrug(StrEnum):
+    """When, relative to the CRS course, a fever-masking drug was given (R3, A3, A6).
+
+    Only ``SINCE_ONSET`` waives fever under the strict reading; ``BEFORE_ONSET``
+    (premedication, or a dose between courses) waives it only under
+    ``masked_fever=lenient``. Every kind but ``SINCE_ONSET`` may still hide a
+    fever, which the grader flags where hypotension or hypoxia is present.
+    """
+
+    SINCE_ONSET = "since_onset"
+    """Given at or after the current course's onset, within the waiver window."""
+    EXPIRED = "expired"
+    """Given since onset, but the waiver window has run out."""
+    BEFORE_ONSET = "before_onset"
+    """Given before the current course's onset (and outside any earlier course)."""
+    EARLIER_COURSE = "earlier_course"
+    """Given during an earlier, resolved CRS course."""
+
+
 @dataclass(frozen=True, slots=True)
 class Assessment:
     """One snapshot of a patient over a short window (grading.md §0.1).
 
     ``oxygen`` is ``None`` when no oxygen status was recorded: the grader then
     applies the §0.1 default (room air) *and* reports ``oxygen`` as missing.
-    ``masking_drug_before_onset`` is not part of the neutral input schema; the
-    episode engine sets it when an antipyretic or anti-cytokine drug was given
-    before CRS onset, which cannot waive fever (A3) but can hide it.
+    ``masking_drugs`` says which fever-masking drugs bear on this snapshot and
+    when they were given; the neutral schema's ``antipyretic_or_anticytokine_given``
+    maps onto it at the edge, and the episode engine derives it from treatments.
     """
 
     age_years: float
@@ -83,7 +103,7 @@ class Assessment:
     temperature_raw: TemperatureReading | None = None
     fever_attributable_to_other_cause: bool = False
     crs_established: bool = False
-    antipyretic_or_anticytokine_given: bool = False
+    masking_drugs: frozenset[MaskingDrug] = frozenset()
     sbp_mmhg: float | None = None
     dbp_mmhg: float | None = None
     map_mmhg: float | None = None
@@ -99,7 +119,6 @@ class Assessment:
     icans: IcansFindings | None = None
     death: bool = False
     death_attributable_to_crs: bool | None = None
-    masking_drug_before_onset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +134,8 @@ class Episode:
     """A patient's observations and fever-masking treatments after one infusion (§0.2).
 
     Each observation carries its own ``t_hours``. The engine derives
-    ``crs_established`` and ``antipyretic_or_anticytokine_given`` itself, so the
-    observations handed in leave both at their defaults.
+    ``crs_established`` and ``masking_drugs`` itself, so the observations handed
+    in leave both at their defaults.
     """
 
     age_years: float

@@ -70,34 +70,6 @@ class TreatmentDrug(StrEnum):
     OTHER_CORTICOSTEROID = "other_corticosteroid"
 
 
-class TreatmentClass(StrEnum):
-    """Pharmacological class of a :class:`TreatmentDrug`."""
-
-    ANTIPYRETIC = "antipyretic"
-    ANTICYTOKINE = "anticytokine"
-    CORTICOSTEROID = "corticosteroid"
-
-
-TREATMENT_CLASS: dict[TreatmentDrug, TreatmentClass] = {
-    TreatmentDrug.ACETAMINOPHEN: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.IBUPROFEN: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.KETOROLAC: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.METAMIZOLE: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.NAPROXEN: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.OTHER_ANTIPYRETIC: TreatmentClass.ANTIPYRETIC,
-    TreatmentDrug.TOCILIZUMAB: TreatmentClass.ANTICYTOKINE,
-    TreatmentDrug.SILTUXIMAB: TreatmentClass.ANTICYTOKINE,
-    TreatmentDrug.ANAKINRA: TreatmentClass.ANTICYTOKINE,
-    TreatmentDrug.OTHER_ANTICYTOKINE: TreatmentClass.ANTICYTOKINE,
-    TreatmentDrug.DEXAMETHASONE: TreatmentClass.CORTICOSTEROID,
-    TreatmentDrug.METHYLPREDNISOLONE: TreatmentClass.CORTICOSTEROID,
-    TreatmentDrug.HYDROCORTISONE: TreatmentClass.CORTICOSTEROID,
-    TreatmentDrug.PREDNISONE: TreatmentClass.CORTICOSTEROID,
-    TreatmentDrug.PREDNISOLONE: TreatmentClass.CORTICOSTEROID,
-    TreatmentDrug.OTHER_CORTICOSTEROID: TreatmentClass.CORTICOSTEROID,
-}
-
-
 class TemperatureUnit(StrEnum):
     """UCUM temperature units accepted in ``temperature_raw`` (grading.md §4.3)."""
 

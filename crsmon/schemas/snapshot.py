@@ -26,6 +26,7 @@ from crsmon.domain.snapshot import (
     Assessment,
     Episode,
     IcansFindings,
+    MaskingDrug,
     OxygenSupport,
     TemperatureReading,
     Treatment,
@@ -187,38 +188,30 @@ class _SnapshotFields(_Strict):
         return value
 
     def _domain_fields(self) -> dict[str, Any]:
-        return {
-            "weight_kg": self.weight_kg,
-            "temperature_c": self.temperature_c,
-            "temperature_raw": (
-                None
-                if self.temperature_raw is None
-                else self.temperature_raw.to_domain()
-            ),
-            "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
-            "sbp_mmhg": self.sbp_mmhg,
-            "dbp_mmhg": self.dbp_mmhg,
-            "map_mmhg": self.map_mmhg,
-            "iv_fluid_bolus_for_hypotension": self.iv_fluid_bolus_for_hypotension,
-            "hypotension_assessed": self.hypotension_assessed,
-            "vasopressors": tuple(v.to_domain() for v in self.vasopressors),
-            "hypotension_attributable_to_other_cause": (
-                self.hypotension_attributable_to_other_cause
-            ),
-            "oxygen": None if self.oxygen is None else self.oxygen.to_domain(),
-            "oxygen_for_comfort_only": self.oxygen_for_comfort_only,
-            "hypoxia_attributable_to_other_cause": (
-                self.hypoxia_attributable_to_other_cause
-            ),
-            "spo2_pct": self.spo2_pct,
-            "organ_toxicity_ctcae": tuple(sorted(self.organ_toxicity_ctcae.items())),
-            "icans": None if self.icans is None else self.icans.to_domain(),
-            "death": self.death,
-            "death_attributable_to_crs": self.death_attributable_to_crs,
-        }
+        """The shared fields as domain values: nested parts via their ``to_domain``,
+        lists as tuples, the CTCAE map as sorted pairs."""
+        fields: dict[str, Any] = {}
+        for name in _SnapshotFields.model_fields:
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                value = value.to_domain()  # type: ignore[attr-defined]
+            elif isinstance(value, list):
+                value = tuple(item.to_domain() for item in value)
+            elif isinstance(value, dict):
+                value = tuple(sorted(value.items()))
+            fields[name] = value
+        return fields
 
 
-def _line_id(value: object) -> str | int | None:
+LineIdValue = str | int | None
+
+
+def read_line_id(value: object) -> LineIdValue:
+    """A line's ``id``: a string of 1–200 characters or an integer (not a boolean).
+
+    Raises:
+        ValueError: any other value.
+    """
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
@@ -228,7 +221,7 @@ def _line_id(value: object) -> str | int | None:
     )
 
 
-LineId = Annotated[str | int | None, PlainValidator(_line_id)]
+LineId = Annotated[LineIdValue, PlainValidator(read_line_id)]
 
 
 class AssessmentIn(_SnapshotFields):
@@ -240,12 +233,21 @@ class AssessmentIn(_SnapshotFields):
     crs_established: bool = False
     antipyretic_or_anticytokine_given: bool = False
 
+    def _masking_drugs(self) -> frozenset[MaskingDrug]:
+        # §0.1: the drug was given after CRS onset; with CRS not yet established it
+        # can only have come before onset (the premedication case of A3).
+        if not self.antipyretic_or_anticytokine_given:
+            return frozenset()
+        if self.crs_established:
+            return frozenset({MaskingDrug.SINCE_ONSET})
+        return frozenset({MaskingDrug.BEFORE_ONSET})
+
     def to_domain(self) -> Assessment:
         return Assessment(
             age_years=self.age_years,
             t_hours=self.t_hours,
             crs_established=self.crs_established,
-            antipyretic_or_anticytokine_given=self.antipyretic_or_anticytokine_given,
+            masking_drugs=self._masking_drugs(),
             **self._domain_fields(),
         )
 

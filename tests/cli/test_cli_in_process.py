@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from crsmon.cli import main
 
-GOOD = '{"id": "a", "age_years": 34, "temperature_c": 38.6}'
+GOOD = '{"id": "alpha-1", "age_years": 34, "temperature_c": 38.6}'
 EPISODE = json.dumps(
     {
         "id": "e",
@@ -34,7 +34,7 @@ def test_grade_jsonl_in_order_with_an_error_line() -> None:
     result = CliRunner().invoke(main, ["grade"], input=stdin)
     assert result.exit_code == 1
     lines = [json.loads(x) for x in result.output.splitlines()]
-    assert [x["id"] for x in lines] == ["a", None, "e"]
+    assert [x["id"] for x in lines] == ["alpha-1", None, "e"]
     assert lines[1] == {
         "id": None,
         "line": 2,
@@ -51,7 +51,7 @@ def test_grade_table_lists_grades_errors_and_the_disclaimer() -> None:
     result = CliRunner().invoke(main, ["grade", "--format", "table"], input=stdin)
     assert result.exit_code == 1
     text = result.output
-    for needle in ("a", "z", "error", "onset 10 h", "resolved 20 h", "medical device"):
+    for needle in ("alpha-1", "error", "onset 10 h", "resolved 20 h", "device"):
         assert needle in text
 
 

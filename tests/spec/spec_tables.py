@@ -19,7 +19,9 @@ attrib      findings attributed to another cause: ``fever``, ``hypotension``,
             ``hypoxia`` joined by ``+``
 comfort     ``y``: oxygen for comfort only
 est         ``y``: CRS already established
-drug        ``y``: antipyretic or anti-cytokine drug given
+drug        ``y``: antipyretic or anti-cytokine drug given (after onset when
+            ``est``, else before it); or kinds joined by ``+``: ``since_onset``,
+            ``expired``, ``before_onset``, ``earlier_course``
 death       ``crs``, ``other`` or ``unknown`` (attribution not recorded)
 organ       CTCAE terms, e.g. ``creatinine_increased=3``
 icans       ``y``: ICANS findings recorded
@@ -48,6 +50,7 @@ from crsmon.domain import (
     grade_assessment,
     resolve_rule_set,
 )
+from crsmon.domain.snapshot import MaskingDrug
 from crsmon.domain.vocab import (
     OxygenDevice,
     TemperatureUnit,
@@ -78,6 +81,15 @@ def _num(row: dict[str, str], column: str) -> float | None:
 
 def _yes(row: dict[str, str], column: str) -> bool:
     return row.get(column, "") == "y"
+
+
+def _masking_drugs(row: dict[str, str]) -> frozenset[MaskingDrug]:
+    drug = row.get("drug", "")
+    if drug == "y":  # as the neutral schema's antipyretic_or_anticytokine_given
+        established = _yes(row, "est")
+        kind = MaskingDrug.SINCE_ONSET if established else MaskingDrug.BEFORE_ONSET
+        return frozenset({kind})
+    return frozenset(MaskingDrug(k) for k in filter(None, drug.split("+")))
 
 
 def build_assessment(row: dict[str, str]) -> Assessment:
@@ -112,7 +124,7 @@ def build_assessment(row: dict[str, str]) -> Assessment:
         hypoxia_attributable_to_other_cause="hypoxia" in attrib,
         oxygen_for_comfort_only=_yes(row, "comfort"),
         crs_established=_yes(row, "est"),
-        antipyretic_or_anticytokine_given=_yes(row, "drug"),
+        masking_drugs=_masking_drugs(row),
         death=bool(death),
         death_attributable_to_crs={"crs": True, "other": False}.get(death),
         organ_toxicity_ctcae=tuple(

@@ -53,3 +53,39 @@ UNCHANGED = """
 def test_organ_toxicity_and_icans_do_not_change_the_grade(row: dict[str, str]) -> None:
     """Organ toxicity (R8) and ICANS (R10) are recorded but never graded into CRS."""
     check_row(row)
+
+
+MASKING = """
+| case                                                   | temp | bolus | est | drug           | settings             | grade | fired | flags                        |
+| dose from an earlier course may mask: flagged          | 37.0 | y     |     | earlier_course |                      | 0     | R2    | possible_masked_crs          |
+| earlier-course dose never waives, even when lenient    | 37.0 | y     |     | earlier_course | masked_fever=lenient | 0     | R2    | possible_masked_crs          |
+| expired waiver after onset: literal 0, flagged         | 37.0 | y     | y   | expired        |                      | 0     | R2    | afebrile_support_after_onset |
+| a dose since onset still in effect waives              | 37.0 | y     | y   | since_onset+expired |                 | 2     | R3    |                              |
+"""
+
+
+@cases(MASKING)
+def test_when_a_masking_drug_was_given(row: dict[str, str]) -> None:
+    """Only a dose since onset (or before onset, leniently) waives fever (R3, A3, A6)."""
+    check_row(row)
+
+
+def test_expired_waiver_says_so() -> None:
+    """The A5 flag names an expired waiver window rather than 'no drug given'."""
+    row = {"temp": "37.0", "bolus": "y", "est": "y", "drug": "expired", "grade": "0"}
+    row["flags"] = "afebrile_support_after_onset"
+    (flag,) = check_row(row).result.flags
+    assert "waiver window" in flag.message
+
+
+def test_a_crs_death_explains_itself_once() -> None:
+    """R9 gives one final reason, naming what the grade would be without the death."""
+    row = {"temp": "38.5", "o2": "nasal_cannula", "flow": "2", "death": "crs"}
+    result = check_row({**row, "grade": "5", "fired": "R9"}).result
+    grade_reasons = [r for r in result.reasons if r.finding == "grade"]
+    assert len(grade_reasons) == 1
+    assert grade_reasons[0].grade == 5
+    assert "without it: fever with hypotension grade 0, hypoxia grade 2, grade 2" in (
+        grade_reasons[0].text
+    )
+    assert [r.rule for r in result.reasons].count("R9") == 1

@@ -343,3 +343,21 @@ def test_observation_without_time_is_refused() -> None:
     episode = Episode(age_years=5.0, observations=(build_assessment({"temp": "38.5"}),))
     with pytest.raises(ValueError, match="t_hours"):
         grade_episode(episode, resolve_rule_set("astct-2019"))
+
+
+LENIENT_TWO_COURSES = """
+| t   | temp | pressors       | grade |
+| 2   | 38.5 |                | 1     |
+| 10  | 37.0 |                | 0     |
+| 40  | 37.0 |                | 0     |
+| 100 | 37.0 | norepinephrine | 0     |
+"""
+
+
+def test_a_dose_from_an_earlier_course_never_waives_a_new_one() -> None:
+    """§5.5: even leniently, a premedication before course 1 cannot start course 2."""
+    result = run(LENIENT_TWO_COURSES, {0: "acetaminophen"}, "masked_fever=lenient")
+    assert len(result.courses) == 1
+    last = result.observations[-1].result
+    assert "possible_masked_crs" in last.flag_codes
+    assert any("earlier, resolved CRS course" in f.message for f in last.flags)

@@ -26,7 +26,7 @@ HYPOXIA = """
 | non-rebreather -> 3                            | 38.5 | non_rebreather_mask             | 15   |      |         |         |                      | 3     | R6       |                            |                   |
 | Venturi mask -> 3                              | 38.5 | venturi_mask                    |      |      |         |         |                      | 3     | R6       |                            |                   |
 | tracheostomy collar 5 L/min -> 3 (A12)         | 38.5 | tracheostomy_collar             | 5    |      |         |         |                      | 3     | A12      |                            |                   |
-| tracheostomy collar by flow (A12 flow)         | 38.5 | tracheostomy_collar             | 5    |      |         |         | trach_collar=flow    | 2     | R6       |                            |                   |
+| tracheostomy collar by flow (A12 flow)         | 38.5 | tracheostomy_collar             | 5    |      |         |         | trach_collar=flow    | 2     | A12      |                            |                   |
 | CPAP -> 4                                      | 38.5 | cpap                            |      |      |         |         |                      | 4     | R6       |                            |                   |
 | BiPAP -> 4                                     | 38.5 | bipap                           |      |      |         |         |                      | 4     | R6       |                            |                   |
 | intubation and ventilation -> 4                | 38.5 | invasive_mechanical_ventilation |      |      |         |         |                      | 4     | R6       |                            |                   |
@@ -53,3 +53,27 @@ def test_reason_example_of_the_issue() -> None:
     row = {"temp": "38.5", "o2": "nasal_cannula", "flow": "7.0", "grade": "3"}
     texts = [r.text for r in check_row(row).result.reasons]
     assert "hypoxia: nasal_cannula at 7.0 L/min > 6 L/min -> grade 3 [R6]" in texts
+
+
+CITATIONS = """
+| case                                       | temp | o2                      | flow | settings            | grade | rule    |
+| HFNC 20 L/min: A10 decided nothing         | 38.5 | high_flow_nasal_cannula | 20   |                     | 3     | R6      |
+| HFNC 4 L/min: the device rule decided      | 38.5 | high_flow_nasal_cannula | 4    |                     | 3     | R6, A10 |
+| blow-by 2 L/min: A10 decided nothing       | 38.5 | blow_by                 | 2    |                     | 2     | R6      |
+| blow-by 10 L/min: the device rule decided  | 38.5 | blow_by                 | 10   |                     | 2     | R6, A10 |
+| blow-by 10 L/min by flow                   | 38.5 | blow_by                 | 10   | device_vs_flow=flow | 3     | R6, A10 |
+| trach collar 5 L/min as a facemask         | 38.5 | tracheostomy_collar     | 5    |                     | 3     | R6, A12 |
+| trach collar 5 L/min by flow               | 38.5 | tracheostomy_collar     | 5    | trach_collar=flow   | 2     | R6, A12 |
+| trach collar 10 L/min: A12 decided nothing | 38.5 | tracheostomy_collar     | 10   |                     | 3     | R6      |
+| cannula without flow                       | 38.5 | nasal_cannula           |      |                     | 2     | R6, A11 |
+"""
+
+
+@cases(CITATIONS)
+def test_hypoxia_reason_cites_exactly_the_rules_that_decided(
+    row: dict[str, str],
+) -> None:
+    """A convention (A10, A11, A12) is cited only where it decided the grade."""
+    row = {**row, "flags": "oxygen_flow_missing" if not row["flow"] else ""}
+    hypoxia = [r for r in check_row(row).result.reasons if r.finding == "hypoxia"]
+    assert [r.rule for r in hypoxia] == [row["rule"]]
