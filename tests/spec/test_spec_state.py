@@ -248,6 +248,7 @@ def test_attributions_apply_while_they_last_and_death_from_its_time() -> None:
         True,
         False,
     )
+    assert record_times(patient, at(40)) == [at(5), at(6), at(20), at(30)]
 
 
 def test_age_is_exact_from_a_birth_date() -> None:
