@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crsmon import __version__
+from crsmon.cli.db import db
 from crsmon.cli.grade import grade
 from crsmon.cli.rules import rules
 
@@ -18,6 +19,7 @@ def main() -> None:
     """
 
 
+main.add_command(db)
 main.add_command(grade)
 main.add_command(rules)
 

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2.x tables, engines and Alembic migrations."""

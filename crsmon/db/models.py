@@ -1,0 +1,211 @@
+"""The tables. Clinical records are append-only events; grades and alerts are
+derived rows guarded by unique natural keys, so re-running a grading task can
+never write a row twice (reliability.md §1.4.1, §2.1).
+
+Constraint names follow one naming convention, so Alembic can alter them on
+SQLite (batch mode) and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is tz-aware UTC going in and coming out, on every backend.
+
+    SQLite keeps no time zone, so values are stored as UTC and read back as UTC;
+    a naive datetime is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    # SQLAlchemy's TypeDecorator interface passes the dialect; UTC needs none.
+    def process_bind_param(
+        self,
+        value: datetime | None,
+        dialect: Dialect,  # noqa: ARG002
+    ) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: crsmon stores tz-aware UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(
+        self,
+        value: Any,
+        dialect: Dialect,  # noqa: ARG002
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention and UTC-aware timestamps."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # SQLAlchemy reads this class attribute by name; it is never mutated.
+    type_annotation_map = {  # noqa: RUF012
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class Patient(Base):
+    """An enrolled patient, known by a pseudonym only."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
+    birth_date: Mapped[date | None]
+    age_years_at_infusion: Mapped[float | None]
+    weight_kg: Mapped[float | None]
+    disease_status: Mapped[str | None] = mapped_column(String(40))
+    marrow_blast_pct: Mapped[float | None]
+    ldh_u_l: Mapped[float | None]
+    product_name: Mapped[str | None] = mapped_column(String(120))
+    dose_cells_per_kg: Mapped[float | None]
+    viability_pct: Mapped[float | None]
+    infusion_at: Mapped[datetime]
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class UnitStay(Base):
+    """Where a patient is cared for, from admission or transfer until it ends."""
+
+    __tablename__ = "unit_stays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    care_unit: Mapped[str] = mapped_column(String(64))
+    from_at: Mapped[datetime]
+    to_at: Mapped[datetime | None]
+
+
+class ClinicalRecord(Base):
+    """One bedside record as received (append-only; corrections are new rows).
+
+    ``kind`` names the record type; ``occurred_at`` is when it was observed,
+    given or started; ``details`` keeps the typed fields of the kind. A grading
+    state travels with it: the row *is* the outbox (reliability.md §1.4.2).
+    """
+
+    __tablename__ = "clinical_records"
+    __table_args__ = (
+        UniqueConstraint("source_system", "source_record_id"),
+        Index("ix_clinical_records_pending", "grading_state", "recorded_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    source_system: Mapped[str] = mapped_column(String(64))
+    source_record_id: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime]
+    quantity: Mapped[str | None] = mapped_column(String(40))
+    value: Mapped[float | None] = mapped_column(Float)
+    unit: Mapped[str | None] = mapped_column(String(24))
+    loinc: Mapped[str | None] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    quality_flags: Mapped[list[Any]] = mapped_column(default=list)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("clinical_records.id"))
+    retracted_at: Mapped[datetime | None]
+    retraction_reason: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    grading_state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Grade(Base):
+    """The ASTCT grade of a patient at one time, with the snapshot it came from."""
+
+    __tablename__ = "grades"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "evaluated_at", "rule_set", "snapshot_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    evaluated_at: Mapped[datetime]
+    t_hours: Mapped[float]
+    rule_set: Mapped[str] = mapped_column(String(200))
+    rule_set_version: Mapped[str] = mapped_column(String(16))
+    grade: Mapped[int]
+    reasons: Mapped[list[Any]]
+    missing_inputs: Mapped[list[Any]]
+    flags: Mapped[list[Any]]
+    snapshot: Mapped[dict[str, Any]]
+    snapshot_hash: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Alert(Base):
+    """An alert raised once per condition (unique dedup key per patient and kind)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("patient_id", "kind", "dedup_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(16))
+    dedup_key: Mapped[str] = mapped_column(String(200))
+    triggered_at: Mapped[datetime]
+    grade: Mapped[int | None]
+    rule_set: Mapped[str] = mapped_column(String(200))
+    reasons: Mapped[list[Any]]
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    raised_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    acknowledged_by: Mapped[str | None] = mapped_column(String(120))
+    acknowledged_at: Mapped[datetime | None]
+    acknowledgement_note: Mapped[str | None] = mapped_column(Text)
+
+
+class QuarantinedRecord(Base):
+    """A refused record, kept with its reason for review: nothing sent is lost."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    source_system: Mapped[str | None] = mapped_column(String(64))
+    source_record_id: Mapped[str | None] = mapped_column(String(128))
+    line_no: Mapped[int | None]
+    error: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())

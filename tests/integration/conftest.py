@@ -1,0 +1,80 @@
+"""Integration fixtures: real SQLite files and a real PostgreSQL database.
+
+PostgreSQL is the machine's server on 127.0.0.1:5432 (trust auth). Each test
+session creates its own uniquely named database and drops it afterwards. When
+the server is not answering, PostgreSQL tests are skipped locally but *fail*
+under ``CI=true``: CI must never pass by skipping a backend.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from crsmon.db.engine import make_engine, make_sessions
+from crsmon.db.migrate import upgrade
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    if not _pg_available():
+        message = "PostgreSQL is not answering on 127.0.0.1:5432"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"crsmon_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend (PostgreSQL: reset per test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crsmon.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    admin_url = url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return url
+
+
+@pytest.fixture
+def migrated_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a database migrated to head, disposed after the test."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sessions(migrated_engine: Engine) -> sessionmaker[Session]:
+    """A session factory on the migrated database."""
+    return make_sessions(migrated_engine)
