@@ -6,13 +6,15 @@ submitted value (a rejected value may be a mistyped identifier).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 from pydantic import ValidationError
 
 _MESSAGES = {
     "extra_forbidden": "unknown field (not part of the schema; nothing is ignored)",
     "missing": "required field is missing",
+    "union_tag_not_found": "required field is missing",
     "finite_number": "must be a finite number (NaN and infinity are not accepted)",
 }
 
@@ -28,12 +30,28 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path
 
 
-def describe(error: ValidationError, prefix: Sequence[int | str] = ()) -> str:
-    """All errors of ``error`` as ``path: reason`` joined by ``; ``."""
+_OWN_PATH = re.compile(r"^[a-z_][a-z0-9_.\[\]]*: ")
+"""A cross-field check's message that already starts with the field it is about."""
+
+
+def describe(error: ValidationError, union_tags: Collection[str] = ()) -> str:
+    """All errors of ``error`` as ``path: reason`` joined by ``; ``.
+
+    ``union_tags`` are the tags of a discriminated union, which Pydantic puts in
+    the location; they are not part of the field path a sender sees.
+    """
     lines = []
     for item in error.errors(include_input=False, include_url=False):
+        loc = item["loc"]
+        if loc and loc[0] in union_tags:
+            loc = loc[1:]
         message = _MESSAGES.get(item["type"], item["msg"])
         message = message.removeprefix("Value error, ")
-        path = field_path((*prefix, *item["loc"])) or "$"
-        lines.append(f"{path}: {message}")
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = ("kind",)
+            message = f"must be one of {', '.join(sorted(union_tags))}"
+        if not loc and _OWN_PATH.match(message):
+            lines.append(message)
+        else:
+            lines.append(f"{field_path(loc) or '$'}: {message}")
     return "; ".join(dict.fromkeys(lines))

@@ -1,0 +1,1 @@
+"""The intake edge: strict feed records in, validated rows out."""
