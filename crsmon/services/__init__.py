@@ -1,0 +1,1 @@
+"""Services: thin transactions over the core and the repository."""
