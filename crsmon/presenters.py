@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crsmon.domain.results import EpisodeResult, GradeResult, Reason
+from crsmon.domain.results import EpisodeResult, Flag, GradeResult, Reason
 from crsmon.domain.rules import RuleSet
 
 LineId = str | int | None
@@ -37,16 +37,16 @@ def _explained(
         "flags": list(result.flag_codes),
         "rule_set": result.rule_set,
         "rule_set_version": rules.version,
-        "flag_details": [
-            {
-                "code": f.code,
-                "kind": str(f.kind),
-                "field": f.field,
-                "message": f.message,
-            }
-            for f in result.flags
-        ],
+        "flag_details": flag_details(result.flags),
     }
+
+
+def flag_details(flags: tuple[Flag, ...]) -> list[dict[str, Any]]:
+    """Flags as JSON objects: code, kind, field and message."""
+    return [
+        {"code": f.code, "kind": str(f.kind), "field": f.field, "message": f.message}
+        for f in flags
+    ]
 
 
 def assessment_json(

@@ -7,6 +7,7 @@ import click
 from crsmon import __version__
 from crsmon.cli.db import db
 from crsmon.cli.grade import grade
+from crsmon.cli.ingest import ingest
 from crsmon.cli.rules import rules
 
 
@@ -21,6 +22,7 @@ def main() -> None:
 
 main.add_command(db)
 main.add_command(grade)
+main.add_command(ingest)
 main.add_command(rules)
 
 __all__ = ["main"]

@@ -237,16 +237,21 @@ def record_times(timeline: PatientTimeline, until: datetime) -> list[datetime]:
 
 
 def episode_until(
-    timeline: PatientTimeline, until: datetime, settings: StateSettings
+    timeline: PatientTimeline,
+    until: datetime,
+    settings: StateSettings,
+    extra_times: Iterable[datetime] = (),
 ) -> tuple[Episode, tuple[Snapshot, ...]]:
     """The episode the grader reads: a snapshot at every record time up to ``until``.
 
+    ``extra_times`` adds moments that must be graded even if no current record
+    falls on them, such as the times of earlier grades whose record was since
+    retracted, so those grades are re-derived rather than left standing.
     Treatments become episode treatments (hours since infusion), so the episode
     engine derives the fever waiver (§5.3) itself.
     """
-    snapshots = tuple(
-        snapshot_at(timeline, t, settings) for t in record_times(timeline, until)
-    )
+    times = set(record_times(timeline, until)) | {t for t in extra_times if t <= until}
+    snapshots = tuple(snapshot_at(timeline, t, settings) for t in sorted(times))
     episode = Episode(
         age_years=age_years_at(timeline, timeline.infusion_at),
         observations=tuple(s.assessment for s in snapshots),

@@ -1,0 +1,112 @@
+"""End to end on each database: a feed file in, grade rows and alerts out, once."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crsmon.cli import main
+from crsmon.db.engine import make_engine, make_sessions
+from crsmon.db.models import Alert, ClinicalRecord, Grade, QuarantinedRecord
+
+INFUSION = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
+
+
+def at(hours: float) -> str:
+    return (INFUSION + timedelta(hours=hours)).isoformat()
+
+
+def record(n: int, kind: str, **fields: Any) -> str:
+    envelope = {"kind": kind, "source_system": "monitor", "source_record_id": f"m-{n}"}
+    return json.dumps({**envelope, "patient": "P-0007", **fields})
+
+
+FEED = [
+    json.dumps({"kind": "patient", "source_system": "ehr", "source_record_id": "e-1",
+                "patient": "P-0007", "age_years": 9.0, "care_unit": "PICU",
+                "infusion_at": at(0)}),
+    record(1, "vitals", observed_at=at(4), temperature_c=37.1, sbp_mmhg=104, dbp_mmhg=60),
+    record(2, "oxygen", observed_at=at(4), device="room_air"),
+    record(3, "vitals", observed_at=at(20), temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58),
+    record(4, "vitals", observed_at=at(26), temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40),
+    record(5, "fluid_bolus", given_at=at(26), for_hypotension=True, volume_ml=400),
+    record(6, "treatment", given_at=at(30), drug="tocilizumab"),
+    record(7, "vasopressor_start", started_at=at(32), drug="norepinephrine",
+           dose=0.05, unit="ug/kg/min"),
+    record(8, "vitals", observed_at=at(33), temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
+    record(9, "vitals", observed_at=at(34), temperature_c=51.0),
+]  # fmt: skip
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    path = tmp_path / "feed.ndjson"
+    path.write_text("\n".join(FEED) + "\n", encoding="utf-8")
+    return path
+
+
+def ingest(path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("CRSMON_DATABASE_URL", database_url)
+    return CliRunner().invoke(main, ["ingest", str(path)])
+
+
+def rows(database_url: str, model: type[Any]) -> list[Any]:
+    engine = make_engine(database_url)
+    try:
+        sessions: sessionmaker[Session] = make_sessions(engine)
+        with sessions() as session:
+            return list(session.scalars(select(model)).all())
+    finally:
+        engine.dispose()
+
+
+def test_feed_in_grades_and_alerts_out_exactly_once(
+    feed: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest grades every record time, raises each alert once, and is idempotent."""
+    first = ingest(feed, database_url, monkeypatch)
+    assert first.exit_code == 1, first.output  # line 10 is refused
+    assert "line 10: temperature_c: must be >= 25" in first.output
+    grades = rows(database_url, Grade)
+    by_time = {g.t_hours: g for g in grades}
+    assert by_time[20].grade == 1
+    assert by_time[26].grade == 2
+    assert by_time[32].grade == 3  # the 26-h fever is within 24 h, plus a pressor
+    assert all(g.rule_set == "astct-2019" and g.reasons for g in grades)
+    assert by_time[26].snapshot["sources"]["iv_fluid_bolus_for_hypotension"]
+    kinds = sorted(a.kind for a in rows(database_url, Alert))
+    assert kinds.count("crs_onset") == 1
+    assert kinds.count("severe_crs") == 1
+    quarantined = rows(database_url, QuarantinedRecord)
+    assert [q.line_no for q in quarantined] == [10]
+    assert {r.grading_state for r in rows(database_url, ClinicalRecord)} == {"graded"}
+
+    again = ingest(feed, database_url, monkeypatch)
+    assert "0 patients graded" in again.output
+    assert len(rows(database_url, Grade)) == len(grades)
+    assert sorted(a.kind for a in rows(database_url, Alert)) == kinds
+
+
+def test_a_retraction_re_derives_the_grades(
+    feed: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retracting the pressor writes new grade rows beside the old, never over them."""
+    ingest(feed, database_url, monkeypatch)
+    before = len(rows(database_url, Grade))
+    feed.write_text(
+        record(10, "retraction", at=at(40), target_record_id="m-7", reason="wrong bed")
+        + "\n",
+        encoding="utf-8",
+    )
+    assert ingest(feed, database_url, monkeypatch).exit_code == 0
+    grades = rows(database_url, Grade)
+    assert len(grades) > before
+    at_32 = sorted((g for g in grades if g.t_hours == 32), key=lambda g: g.id)
+    assert [g.grade for g in at_32][-1] < 3
