@@ -29,20 +29,42 @@ def record(n: int, kind: str, **fields: Any) -> str:
 
 
 FEED = [
-    json.dumps({"kind": "patient", "source_system": "ehr", "source_record_id": "e-1",
-                "patient": "P-0007", "age_years": 9.0, "care_unit": "PICU",
-                "infusion_at": at(0)}),
-    record(1, "vitals", observed_at=at(4), temperature_c=37.1, sbp_mmhg=104, dbp_mmhg=60),
+    json.dumps(
+        {
+            "kind": "patient",
+            "source_system": "ehr",
+            "source_record_id": "e-1",
+            "patient": "P-0007",
+            "age_years": 9.0,
+            "care_unit": "PICU",
+            "infusion_at": at(0),
+        }
+    ),
+    record(
+        1, "vitals", observed_at=at(4), temperature_c=37.1, sbp_mmhg=104, dbp_mmhg=60
+    ),
     record(2, "oxygen", observed_at=at(4), device="room_air"),
-    record(3, "vitals", observed_at=at(20), temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58),
-    record(4, "vitals", observed_at=at(26), temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40),
+    record(
+        3, "vitals", observed_at=at(20), temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58
+    ),
+    record(
+        4, "vitals", observed_at=at(26), temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40
+    ),
     record(5, "fluid_bolus", given_at=at(26), for_hypotension=True, volume_ml=400),
     record(6, "treatment", given_at=at(30), drug="tocilizumab"),
-    record(7, "vasopressor_start", started_at=at(32), drug="norepinephrine",
-           dose=0.05, unit="ug/kg/min"),
-    record(8, "vitals", observed_at=at(33), temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
+    record(
+        7,
+        "vasopressor_start",
+        started_at=at(32),
+        drug="norepinephrine",
+        dose=0.05,
+        unit="ug/kg/min",
+    ),
+    record(
+        8, "vitals", observed_at=at(33), temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50
+    ),
     record(9, "vitals", observed_at=at(34), temperature_c=51.0),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
