@@ -13,7 +13,7 @@ from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.rules import RuleSet
-from crsmon.services.grading import grade_patient
+from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import ingest_text
 from crsmon.settings import load_settings
 
@@ -58,11 +58,7 @@ def _ingest_and_grade(
             click.echo(f"line {line_no}: {outcome.error}", err=True)
         if outcome.patient_id is not None and outcome.status == "stored":
             touched.add(outcome.patient_id)
-    alerts = 0
-    for patient_id in sorted(touched):
-        with sessions.begin() as session:
-            run = grade_patient(
-                session, patient_id, rules, now=now, stale_after_h=stale_h
-            )
-        alerts += len(run.alerts_raised)
+    dispatcher = InProcessDispatcher(sessions, rules, stale_h)
+    dispatcher.notify(touched)
+    alerts = sum(len(run.alerts_raised) for run in dispatcher.runs)
     return counts, touched, alerts
