@@ -8,6 +8,7 @@ from crsmon import __version__
 from crsmon.cli.db import db
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
+from crsmon.cli.regrade import regrade
 from crsmon.cli.rules import rules
 
 
@@ -23,6 +24,7 @@ def main() -> None:
 main.add_command(db)
 main.add_command(grade)
 main.add_command(ingest)
+main.add_command(regrade)
 main.add_command(rules)
 
 __all__ = ["main"]

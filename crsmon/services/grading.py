@@ -87,8 +87,13 @@ def grade_patient(
     now: datetime,
     stale_after_h: float,
     state: StateSettings | None = None,
+    live: bool = True,
 ) -> GradingRun:
-    """Grade a patient's history up to ``now`` and write what is new (idempotent)."""
+    """Grade a patient's history up to ``now`` and write what is new (idempotent).
+
+    ``live=False`` regrades under another rule set: grade rows only, beside the
+    live ones; no alerts and no change to the records' grading state.
+    """
     patient = session.get(Patient, patient_id, with_for_update=True)
     if patient is None:
         raise LookupError(f"patient {patient_id} does not exist")
@@ -112,6 +117,8 @@ def grade_patient(
         as_of_h=hours_since_infusion(timeline, now),
         stale_after_h=stale_after_h,
     )
+    if not live:
+        return GradingRun(written, (), 0)
     raised = _raise_alerts(session, patient, decisions)
     graded = session.execute(  # an UPDATE: a cursor result with a row count
         update(ClinicalRecord)

@@ -132,3 +132,21 @@ def test_a_retraction_re_derives_the_grades(
     assert len(grades) > before
     at_32 = sorted((g for g in grades if g.t_hours == 32), key=lambda g: g.id)
     assert [g.grade for g in at_32][-1] < 3
+
+
+def test_regrade_writes_rows_beside_the_live_ones(
+    feed: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crsmon regrade --rule-set` adds rows under the new key, changing none."""
+    ingest(feed, database_url, monkeypatch)
+    live = {(g.id, g.grade) for g in rows(database_url, Grade)}
+    alerts = len(rows(database_url, Alert))
+    key = "astct-2019+hypotension=treatment_only"
+    result = CliRunner().invoke(main, ["regrade", "--rule-set", key])
+    assert result.exit_code == 0, result.output
+    grades = rows(database_url, Grade)
+    assert {(g.id, g.grade) for g in grades if g.rule_set == "astct-2019"} == live
+    assert {g.rule_set for g in grades} == {"astct-2019", key}
+    assert len(rows(database_url, Alert)) == alerts
+    again = CliRunner().invoke(main, ["regrade", "--rule-set", key])
+    assert "0 grade rows written" in again.output

@@ -1,0 +1,48 @@
+"""``crsmon regrade``: grade the stored history again under another rule set."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+from sqlalchemy import select
+
+from crsmon.cli.options import rule_set_option
+from crsmon.db.engine import make_engine, make_sessions
+from crsmon.db.models import Patient
+from crsmon.domain.rules import RuleSet
+from crsmon.services.grading import grade_patient
+from crsmon.settings import load_settings
+
+
+@click.command()
+@rule_set_option
+def regrade(rule_set: RuleSet) -> None:
+    """Regrade every patient's history under --rule-set, writing new grade rows.
+
+    Rows of other rule sets are never changed or removed; no alerts are raised.
+    """
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessions(engine)
+    written = 0
+    try:
+        with sessions() as session:
+            patient_ids = list(session.scalars(select(Patient.id).order_by(Patient.id)))
+        for patient_id in patient_ids:
+            with sessions.begin() as session:
+                run = grade_patient(
+                    session,
+                    patient_id,
+                    rule_set,
+                    now=datetime.now(UTC),
+                    stale_after_h=settings.stale_monitoring_h,
+                    live=False,
+                )
+            written += run.grades_written
+    finally:
+        engine.dispose()
+    click.echo(
+        f"regraded {len(patient_ids)} patients under {rule_set.key}: "
+        f"{written} grade rows written"
+    )
