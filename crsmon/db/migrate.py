@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from alembic import command
+from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 
+from crsmon.db.models import UtcDateTime
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+# Alembic calls render_item(kind, obj, autogen); the context is not needed here.
+def render_item(kind: str, obj: Any, autogen: AutogenContext) -> str | Literal[False]:  # noqa: ARG001
+    """Render UtcDateTime as the plain column type it stores (no package import)."""
+    if kind == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def alembic_config(database_url: str) -> Config:

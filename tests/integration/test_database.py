@@ -96,3 +96,24 @@ def test_cli_upgrades_the_configured_database(
     assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
     result = runner.invoke(main, ["db", "check"])
     assert result.exit_code == 0, result.output
+
+
+def test_migrations_downgrade_to_base_and_up_again(database_url: str) -> None:
+    """Every migration can be undone and redone on both backends."""
+    from alembic import command
+
+    from crsmon.db.migrate import alembic_config
+
+    upgrade(database_url)
+    command.downgrade(alembic_config(database_url), "base")
+    upgrade(database_url)
+    check(database_url)
+
+
+def test_utc_columns_render_as_plain_timestamps_in_migrations() -> None:
+    """Autogenerate writes UtcDateTime as sa.DateTime(timezone=True), not a import."""
+    from crsmon.db.migrate import render_item
+    from crsmon.db.models import UtcDateTime
+
+    assert render_item("type", UtcDateTime(), None) == "sa.DateTime(timezone=True)"  # type: ignore[arg-type]
+    assert render_item("type", object(), None) is False  # type: ignore[arg-type]

@@ -5,22 +5,11 @@ Batch mode on SQLite (it cannot ALTER most things); types compared on autogenera
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from alembic import context
-from alembic.autogenerate.api import AutogenContext
 
 from crsmon.db.engine import make_engine
-from crsmon.db.models import Base, UtcDateTime
-
-
-# Alembic calls render_item(kind, obj, autogen); the context is not needed here.
-def render_item(kind: str, obj: Any, autogen: AutogenContext) -> str | Literal[False]:  # noqa: ARG001
-    """Render UtcDateTime as the plain column type it stores (no package import)."""
-    if kind == "type" and isinstance(obj, UtcDateTime):
-        return "sa.DateTime(timezone=True)"
-    return False
-
+from crsmon.db.migrate import render_item
+from crsmon.db.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
