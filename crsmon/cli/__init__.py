@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crsmon import __version__
+from crsmon.api.cli import serve
 from crsmon.cli.db import db
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
@@ -25,6 +26,7 @@ main.add_command(db)
 main.add_command(grade)
 main.add_command(ingest)
 main.add_command(regrade)
+main.add_command(serve)
 main.add_command(rules)
 
 __all__ = ["main"]

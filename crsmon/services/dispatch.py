@@ -10,6 +10,7 @@ every pending record.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -36,7 +37,8 @@ class InProcessDispatcher:
         self.sessions = sessions
         self.rules = rules
         self.stale_after_h = stale_after_h
-        self.runs: list[GradingRun] = []
+        # The latest runs only: a long-running server must not grow without bound.
+        self.runs: deque[GradingRun] = deque(maxlen=1000)
 
     def notify(self, patient_ids: Iterable[int]) -> None:
         """Grade each patient now."""

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): intake, patients, grades, alerts, health and metrics."""

@@ -1,0 +1,74 @@
+"""``/v1/alerts``: list alerts with filters, and acknowledge one (once)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import AwareDatetime
+
+from crsmon.api.deps import SessionDep, SessionsDep
+from crsmon.api.errors import ApiError
+from crsmon.api.queries import (
+    AlertFilter,
+    AlertNotOpenError,
+    UnknownAlertError,
+    acknowledge_alert,
+    list_alerts,
+)
+from crsmon.api.schemas import AcknowledgeIn, AlertOut, AlertPage, ErrorBody
+from crsmon.domain.alerts import AlertKind
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+
+@router.get("", response_model=AlertPage)
+def get_alerts(
+    session: SessionDep,
+    status: Literal["open", "acknowledged"] | None = None,
+    kind: AlertKind | None = None,
+    patient: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="triggered_at >= since")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="triggered_at < until")
+    ] = None,
+    min_grade: Annotated[
+        int | None,
+        Query(ge=0, le=5, description="Alerts without a grade are left out."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AlertPage:
+    """Alerts, newest condition first, filtered by every parameter given."""
+    where = AlertFilter(status, kind, patient, since, until, min_grade)
+    rows, total = list_alerts(session, where, limit=limit, offset=offset)
+    items = [AlertOut.of(alert, pseudonym) for alert, pseudonym in rows]
+    return AlertPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post(
+    "/{alert_id}/acknowledge",
+    response_model=AlertOut,
+    responses={
+        404: {"model": ErrorBody, "description": "No alert with this id."},
+        409: {"model": ErrorBody, "description": "Already acknowledged."},
+    },
+)
+def acknowledge(
+    alert_id: Annotated[int, Path(ge=1)], body: AcknowledgeIn, sessions: SessionsDep
+) -> AlertOut:
+    """Acknowledge an open alert: who, when (server UTC) and an optional note."""
+    now = datetime.now(UTC)
+    try:
+        with sessions.begin() as session:
+            alert, pseudonym = acknowledge_alert(
+                session, alert_id, by=body.by, note=body.note, now=now
+            )
+    except UnknownAlertError as exc:
+        raise ApiError(404, "alert_id", "no such alert") from exc
+    except AlertNotOpenError as exc:
+        raise ApiError(409, "status", "the alert is already acknowledged") from exc
+    return AlertOut.of(alert, pseudonym)

@@ -1,0 +1,121 @@
+"""The HTTP API: :func:`create_app` builds one FastAPI application from settings.
+
+Nothing is global: the engine, session factory, rule set, dispatcher and
+metrics registry belong to the app (``app.state.crsmon``) and the engine is
+disposed when the app shuts down. The app never migrates the schema: run
+``crsmon db upgrade`` first (tests call :func:`crsmon.db.migrate.upgrade`).
+
+Serve it with ``crsmon serve``, or with uvicorn's factory mode:
+``uvicorn --factory crsmon.api.app:app_from_environment``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter
+from sqlalchemy.orm import Session, sessionmaker
+
+from crsmon import __version__
+from crsmon.api import alerts, operations, patients, records
+from crsmon.api.deps import AppContext
+from crsmon.api.errors import validation_error
+from crsmon.api.limits import BodyLimit
+from crsmon.api.metrics import app_metrics
+from crsmon.db.engine import make_engine, make_sessions
+from crsmon.domain.catalog import resolve_rule_set
+from crsmon.intake.schemas import FeedRecord
+from crsmon.services.dispatch import Dispatcher, InProcessDispatcher
+from crsmon.settings import Settings, load_settings
+
+DispatcherFactory = Callable[[sessionmaker[Session], Settings], Dispatcher]
+"""Builds the app's dispatcher from its session factory and settings."""
+
+DESCRIPTION = """\
+Monitoring of cytokine release syndrome (ASTCT 2019 grading) over HTTP.
+
+*Research software for monitoring and analysis, not a medical device.*
+
+- **Intake** (`/v1/records`): every bedside feed record kind, enrolment
+  (`kind: patient`) included, one JSON record per request or an NDJSON batch.
+  Idempotent by `source_system` + `source_record_id`. Refused records are kept
+  in quarantine with their reason.
+- **Reading** (`/v1/patients`, `/v1/alerts`): patients, grade timelines with
+  their reasons and rule-set key, alerts (and their acknowledgement).
+- **Operations**: `/health/live`, `/health/ready`, `/metrics` (Prometheus).
+
+Every refusal has the body `{"detail": [{"field", "reason"}]}`; it names the
+field and the rule, never the value sent.
+"""
+
+
+def in_process_dispatcher(
+    sessions: sessionmaker[Session], settings: Settings
+) -> Dispatcher:
+    """The default: grade right after each commit, in the request's thread."""
+    rules = resolve_rule_set(settings.rule_set)
+    return InProcessDispatcher(sessions, rules, settings.stale_monitoring_h)
+
+
+class CrsmonAPI(FastAPI):
+    """FastAPI with the feed records' JSON Schema in the OpenAPI components."""
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, built once."""
+        if self.openapi_schema is None:
+            document = super().openapi()
+            components = document.setdefault("components", {})
+            components.setdefault("schemas", {}).update(feed_record_schemas())
+        return self.openapi_schema or {}
+
+
+def feed_record_schemas() -> dict[str, Any]:
+    """``FeedRecord`` and the models it refers to, as OpenAPI component schemas."""
+    schema = TypeAdapter(FeedRecord).json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    return {**definitions, "FeedRecord": schema}
+
+
+def create_app(
+    settings: Settings, dispatcher_factory: DispatcherFactory | None = None
+) -> FastAPI:
+    """The API on ``settings.database_url`` (already migrated).
+
+    Raises:
+        ValueError: ``settings.rule_set`` names no released rule set.
+    """
+    rules = resolve_rule_set(settings.rule_set)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessions(engine)
+    dispatcher = (dispatcher_factory or in_process_dispatcher)(sessions, settings)
+    context = AppContext(
+        settings, engine, sessions, rules, dispatcher, app_metrics(sessions)
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = CrsmonAPI(
+        title="crsmon", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.crsmon = context
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for module in (records, patients, alerts, operations):
+        app.include_router(module.router)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The API configured from ``CRSMON_*`` (for ``uvicorn --factory``)."""
+    return create_app(load_settings())

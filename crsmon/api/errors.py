@@ -1,0 +1,66 @@
+"""One error shape for every refusal: ``{"detail": [{"field", "reason"}]}``.
+
+Reasons name the field and the rule that refused it; they never echo the value
+that was sent (a rejected value may be a mistyped identifier). FastAPI's own
+request-validation errors are re-shaped the same way, without their ``input``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from crsmon.schemas.errors import field_path
+
+_NEXT_FIELD = re.compile(r"; (?=[$A-Za-z_][A-Za-z0-9_.\[\]]*: )")
+"""Where the next ``path: reason`` starts (a reason may itself hold ``; ``)."""
+
+
+def problems(error: str | None) -> list[dict[str, str]]:
+    """The intake's ``"a: why; b.c: why"`` error text as field/reason pairs."""
+    found = []
+    for part in _NEXT_FIELD.split(error or "$: refused"):
+        field, sep, reason = part.partition(": ")
+        found.append(
+            {"field": field, "reason": reason}
+            if sep
+            else {"field": "$", "reason": part}
+        )
+    return found
+
+
+class ApiError(HTTPException):
+    """A refusal with the shared error body (FastAPI renders ``detail`` as is)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        field: str = "$",
+        reason: str = "refused",
+        *,
+        detail: list[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(
+            status_code, detail=detail or [{"field": field, "reason": reason}]
+        )
+
+    @classmethod
+    def from_text(cls, status_code: int, error: str | None) -> ApiError:
+        """An error from the intake's ``path: reason; ...`` text."""
+        return cls(status_code, detail=problems(error))
+
+
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 for parameters and bodies, without the submitted input."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {
+            "field": field_path(tuple(e["loc"])[1:]) or "$",
+            "reason": str(e["msg"]).removeprefix("Value error, "),
+        }
+        for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)

@@ -1,0 +1,77 @@
+"""Feed builders and helpers for the API tests (fixtures: ``api_fixtures``).
+
+Times are built relative to the real clock: the intake refuses anything more
+than five minutes ahead of the server.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+with warnings.catch_warnings():
+    # Starlette asks for httpx2; the project pins httpx, which still works.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient as TestClient
+
+INFUSION = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
+PATIENT = "P-0001"
+
+MakeClient = Callable[..., TestClient]
+
+
+def at(hours: float) -> str:
+    """An ISO time ``hours`` after the infusion (3 days ago)."""
+    return (INFUSION + timedelta(hours=hours)).isoformat()
+
+
+def enrolment(patient: str = PATIENT, **fields: Any) -> dict[str, Any]:
+    """A ``patient`` record: a 9-year-old on the PICU, infused 3 days ago."""
+    return {
+        "kind": "patient",
+        "source_system": "ehr",
+        "source_record_id": f"enrol-{patient}",
+        "patient": patient,
+        "age_years": 9.0,
+        "weight_kg": 30.0,
+        "care_unit": "PICU",
+        "product": {
+            "name": "tisagenlecleucel",
+            "dose_cells_per_kg": 2e6,
+            "viability_pct": 90.0,
+        },
+        "infusion_at": at(0),
+        **fields,
+    }
+
+
+def record(
+    kind: str, n: int, *, patient: str = PATIENT, **fields: Any
+) -> dict[str, Any]:
+    """A clinical record of the bedside monitor, id ``m-<n>``."""
+    return {
+        "kind": kind,
+        "source_system": "monitor",
+        "source_record_id": f"m-{n}",
+        "patient": patient,
+        **fields,
+    }
+
+
+def vitals(
+    n: int, hours: float, *, patient: str = PATIENT, **values: Any
+) -> dict[str, Any]:
+    """A vitals set observed ``hours`` after infusion."""
+    return record("vitals", n, patient=patient, observed_at=at(hours), **values)
+
+
+def count(sessions: sessionmaker[Session], model: type[Any], *where: Any) -> int:
+    """Rows of ``model`` (matching ``where``)."""
+    with sessions() as session:
+        query = select(func.count()).select_from(model).where(*where)
+        return int(session.scalar(query) or 0)
