@@ -53,10 +53,19 @@ field and the rule, never the value sent.
 """
 
 
-def in_process_dispatcher(
+def default_dispatcher(
     sessions: sessionmaker[Session], settings: Settings
 ) -> Dispatcher:
-    """The default: grade right after each commit, in the request's thread."""
+    """With a broker, one Celery message per patient; without, grade in process.
+
+    Routes are synchronous, so FastAPI runs them (and a slow publish) in its
+    thread pool, never on the event loop (reliability.md §1.3, F12).
+    """
+    if settings.broker_url:
+        from workers.celery_app import make_celery
+        from workers.tasks import CeleryDispatcher
+
+        return CeleryDispatcher(make_celery(settings))
     rules = resolve_rule_set(settings.rule_set)
     return InProcessDispatcher(sessions, rules, settings.stale_monitoring_h)
 
@@ -93,7 +102,7 @@ def create_app(
     rules = resolve_rule_set(settings.rule_set)
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
-    dispatcher = (dispatcher_factory or in_process_dispatcher)(sessions, settings)
+    dispatcher = (dispatcher_factory or default_dispatcher)(sessions, settings)
     context = AppContext(
         settings, engine, sessions, rules, dispatcher, app_metrics(sessions)
     )

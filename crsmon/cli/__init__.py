@@ -11,6 +11,7 @@ from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
 from crsmon.cli.regrade import regrade
 from crsmon.cli.rules import rules
+from workers.cli import beat, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,9 @@ main.add_command(grade)
 main.add_command(ingest)
 main.add_command(regrade)
 main.add_command(serve)
+# The worker commands live with the workers; the CLI is the one place that joins them.
+main.add_command(worker)
+main.add_command(beat)
 main.add_command(rules)
 
 __all__ = ["main"]

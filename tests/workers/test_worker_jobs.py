@@ -1,0 +1,378 @@
+"""The worker's jobs and tasks called in process, on SQLite and on PostgreSQL.
+
+No broker and no worker process: the functions and the Celery tasks are called
+directly (Celery's ``memory://`` transport stands in where a task publishes).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import worker_harness
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from worker_harness import Effects, assert_no_duplicates, ingest_all, patient_feed
+
+import workers.celery_app
+import workers.jobs
+from crsmon.db.models import ClinicalRecord, Patient
+from crsmon.domain.catalog import resolve_rule_set
+from crsmon.services.dispatch import Dispatcher
+from crsmon.settings import Settings
+from workers.celery_app import (
+    GRADE_TASK,
+    SWEEP_TASK,
+    CrsmonCelery,
+    celery_config,
+    make_celery,
+)
+from workers.jobs import FAILED, GRADED, PENDING, GradingContext, grade_pending
+from workers.tasks import (
+    MAX_TRANSIENT_RETRIES,
+    CeleryDispatcher,
+    GradingFailed,
+    is_transient,
+)
+
+pytest_plugins = ["worker_fixtures"]
+
+
+def context(sessions: sessionmaker[Session], max_attempts: int = 3) -> GradingContext:
+    return GradingContext(
+        sessions=sessions,
+        rules=resolve_rule_set("astct-2019"),
+        max_attempts=max_attempts,
+        stale_after_h=8.0,
+    )
+
+
+@pytest.fixture
+def app(
+    worker_database_url: str, worker_sessions: sessionmaker[Session]
+) -> Iterator[CrsmonCelery]:
+    """An app on the test database and Celery's in-memory transport (no Redis)."""
+    del worker_sessions  # requested for its migration
+    settings = Settings(
+        database_url=worker_database_url,
+        broker_url="memory://",
+        max_grading_attempts=10,
+    )
+    celery = make_celery(settings)
+    try:
+        yield celery
+    finally:
+        celery.close()
+
+
+def records(sessions: sessionmaker[Session], pseudonym: str) -> list[ClinicalRecord]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(ClinicalRecord)
+                .join(Patient, Patient.id == ClinicalRecord.patient_id)
+                .where(Patient.pseudonym == pseudonym)
+                .order_by(ClinicalRecord.id)
+            )
+        )
+
+
+def fail_grading(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception, calls: list[int]
+) -> None:
+    def broken(session: Session, patient_id: int, *args: Any, **kwargs: Any) -> Any:
+        del session, args, kwargs
+        calls.append(patient_id)
+        raise exc
+
+    monkeypatch.setattr(workers.jobs, "grade_patient", broken)
+
+
+def test_grading_twice_writes_nothing_new(
+    worker_sessions: sessionmaker[Session],
+) -> None:
+    """A re-delivered message finds nothing pending; a forced re-run writes no row."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-1"))
+    n = len(records(worker_sessions, "P-1"))  # a vitals line stores one row per value
+    first = grade_pending(context(worker_sessions), patient)
+    assert first.run is not None
+    assert first.run.records_graded == first.claim.pending == n
+    assert first.run.grades_written > 0
+    assert first.run.alerts_raised
+    after_first = Effects.read(worker_sessions)
+    assert after_first.states == {GRADED: n}
+
+    again = grade_pending(context(worker_sessions), patient)
+    assert again.run is None  # the re-delivery: nothing pending, nothing read
+    assert again.summary()["records_graded"] == 0
+
+    with worker_sessions.begin() as session:  # as if the grading commit had been lost
+        session.execute(update(ClinicalRecord).values(grading_state=PENDING))
+    forced = grade_pending(context(worker_sessions), patient)
+    assert forced.run is not None
+    assert forced.run.records_graded == n
+    assert forced.run.grades_written == 0
+    assert forced.run.alerts_raised == ()
+    after = Effects.read(worker_sessions)
+    assert (after.grades, after.alerts) == (after_first.grades, after_first.alerts)
+    assert_no_duplicates(after)
+
+
+def test_the_celery_task_is_thin_and_idempotent(
+    app: CrsmonCelery, worker_sessions: sessionmaker[Session]
+) -> None:
+    """The registered task grades a patient; calling it again changes nothing."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-2"))
+    task = app.tasks[GRADE_TASK]
+    first = task(patient)
+    assert first["records_graded"] == len(records(worker_sessions, "P-2"))
+    assert first["grades_written"] > 0
+    effects = Effects.read(worker_sessions)
+    assert task(patient) == {
+        "patient_id": patient,
+        "pending": 0,
+        "gave_up": 0,
+        "records_graded": 0,
+        "grades_written": 0,
+        "alerts_raised": 0,
+    }
+    assert Effects.read(worker_sessions) == effects
+
+
+def test_after_n_failed_attempts_records_are_failed_and_visible(
+    worker_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failure is recorded; the Nth marks the records failed, never retried."""
+    sick, healthy = sorted(
+        ingest_all(worker_sessions, patient_feed("P-3") + patient_feed("P-4"))
+    )
+    calls: list[int] = []
+    fail_grading(monkeypatch, RuntimeError("boom"), calls)
+    for attempt in (1, 2):
+        with pytest.raises(RuntimeError, match="boom"):
+            grade_pending(context(worker_sessions), sick)
+        rows = records(worker_sessions, "P-3")
+        assert {(r.grading_state, r.attempts) for r in rows} == {(PENDING, attempt)}
+        assert {r.last_error for r in rows} == {"RuntimeError: boom"}
+
+    with pytest.raises(RuntimeError, match="boom"):
+        grade_pending(context(worker_sessions), sick)
+    rows = records(worker_sessions, "P-3")
+    assert {(r.grading_state, r.attempts) for r in rows} == {(FAILED, 3)}
+    assert {r.last_error for r in rows} == {
+        "gave up after 3 attempts; last: RuntimeError: boom"
+    }
+
+    result = grade_pending(context(worker_sessions), sick)  # a later delivery
+    assert result.run is None
+    assert calls == [sick, sick, sick]  # not retried after the third failure
+    assert {r.grading_state for r in records(worker_sessions, "P-4")} == {PENDING}
+
+    monkeypatch.undo()
+    assert grade_pending(context(worker_sessions), healthy).run is not None
+    assert {r.grading_state for r in records(worker_sessions, "P-4")} == {GRADED}
+    assert {r.grading_state for r in records(worker_sessions, "P-3")} == {FAILED}
+
+
+def test_a_worker_lost_every_time_still_ends_in_failed(
+    worker_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kills leave no error behind; the attempt counter alone stops the loop."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-5"))
+    with worker_sessions.begin() as session:  # three deliveries that died mid-grading
+        session.execute(update(ClinicalRecord).values(attempts=3))
+    calls: list[int] = []
+    fail_grading(monkeypatch, AssertionError("must not be called"), calls)
+    result = grade_pending(context(worker_sessions, max_attempts=3), patient)
+    assert result.run is None
+    assert result.claim.gave_up == len(records(worker_sessions, "P-5"))
+    assert calls == []
+    rows = records(worker_sessions, "P-5")
+    assert {(r.grading_state, r.attempts) for r in rows} == {(FAILED, 4)}
+    assert {r.last_error for r in rows} == {
+        "gave up after 3 attempts; last: none recorded "
+        "(the worker was lost or hit the time limit)"
+    }
+
+
+def test_transient_database_errors_are_retried_a_bounded_number_of_times(
+    app: CrsmonCelery,
+    worker_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OperationalError: Celery retries, then gives up; the DB counts every try."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-6"))
+    error = OperationalError("UPDATE ...", {}, Exception("database is locked"))
+    assert is_transient(error)
+    calls: list[int] = []
+    fail_grading(monkeypatch, error, calls)
+    outcome = app.tasks[GRADE_TASK].apply(args=(patient,))
+    assert outcome.failed()
+    assert isinstance(outcome.result, GradingFailed)
+    assert str(outcome.result) == f"grading patient {patient} failed: OperationalError"
+    assert len(calls) == 1 + MAX_TRANSIENT_RETRIES
+    rows = records(worker_sessions, "P-6")
+    assert {(r.grading_state, r.attempts) for r in rows} == {(PENDING, 4)}
+    assert all("database is locked" in (r.last_error or "") for r in rows)
+    assert all("UPDATE" not in (r.last_error or "") for r in rows)  # no SQL text
+
+
+def test_other_errors_fail_the_task_at_once_without_clinical_detail(
+    app: CrsmonCelery,
+    worker_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-transient error is not retried by Celery; the sweeper decides later."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-7"))
+    calls: list[int] = []
+    fail_grading(monkeypatch, ValueError("temperature 39.4 is odd"), calls)
+    with pytest.raises(GradingFailed) as raised:
+        app.tasks[GRADE_TASK](patient)
+    assert "39.4" not in str(raised.value)
+    assert raised.value.__suppress_context__
+    assert calls == [patient]
+    rows = records(worker_sessions, "P-7")
+    assert {r.last_error for r in rows} == {"ValueError: temperature 39.4 is odd"}
+
+
+def test_the_sweeper_finds_old_pending_patients_oldest_first(
+    app: CrsmonCelery, worker_sessions: sessionmaker[Session]
+) -> None:
+    """Only pending records older than the threshold; bounded; one per patient."""
+    feed = [
+        line for p in ("P-A", "P-B", "P-C", "P-D", "P-E") for line in patient_feed(p)
+    ]
+    a, b, _recent, d, e = sorted(ingest_all(worker_sessions, feed))
+    now = datetime.now(UTC)
+    with worker_sessions.begin() as session:
+        for patient, age_min in ((a, 30), (b, 60), (d, 90), (e, 120)):
+            session.execute(
+                update(ClinicalRecord)
+                .where(ClinicalRecord.patient_id == patient)
+                .values(recorded_at=now - timedelta(minutes=age_min))
+            )
+        for patient, state in ((d, FAILED), (e, GRADED)):
+            session.execute(
+                update(ClinicalRecord)
+                .where(ClinicalRecord.patient_id == patient)
+                .values(grading_state=state)
+            )
+    cutoff = now - timedelta(seconds=30)
+    stale = workers.jobs.stale_patients
+    assert stale(worker_sessions, older_than=cutoff, limit=10) == [b, a]  # c is recent
+    assert stale(worker_sessions, older_than=cutoff, limit=1) == [b]
+
+    swept = app.tasks[SWEEP_TASK]()
+    assert swept == {"stale_patients": 2, "published": 2}
+
+
+def test_the_dispatcher_sends_one_message_per_patient(app: CrsmonCelery) -> None:
+    dispatcher = CeleryDispatcher(app)
+    dispatcher.notify([3, 1, 3, 2, 1, 3])
+    assert dispatcher.published == 3
+
+
+def test_a_dead_broker_never_fails_or_blocks_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refused and unresponsive brokers: logged, swallowed, bounded in time."""
+    with socket.socket() as black_hole:  # accepts connections, never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        hole = black_hole.getsockname()[1]
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            refused = closed.getsockname()[1]
+        for port, budget in ((refused, 5.0), (hole, 15.0)):
+            settings = Settings(broker_url=f"redis://127.0.0.1:{port}/0")
+            celery = make_celery(settings)
+            try:
+                dispatcher = CeleryDispatcher(celery)
+                start = time.monotonic()
+                with caplog.at_level(logging.WARNING, logger="workers.tasks"):
+                    dispatcher.notify([1, 2, 3])
+                took = time.monotonic() - start
+            finally:
+                celery.close()
+            assert dispatcher.published == 0
+            assert took < budget, f"port {port}: notify blocked {took:.1f} s"
+            assert "3 grading message(s) not sent" in caplog.text
+            caplog.clear()
+
+
+def test_the_celery_configuration_is_the_reliable_one() -> None:
+    """reliability.md §1.2: the settings that narrow Celery's loss windows."""
+    settings = Settings(
+        broker_url="redis://127.0.0.1:1/0",
+        visibility_timeout_s=300,
+        task_time_limit_s=60,
+        sweep_interval_s=15,
+    )
+    conf = celery_config(settings)
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_cancel_long_running_tasks_on_connection_loss"] is True
+    assert conf["accept_content"] == ["json"]
+    assert conf["task_serializer"] == "json"
+    assert conf["task_ignore_result"] is True
+    assert conf["broker_connection_retry_on_startup"] is True
+    assert conf["task_soft_time_limit"] < conf["task_time_limit"] == 60
+    options = conf["broker_transport_options"]
+    assert options["visibility_timeout"] == 300 > conf["task_time_limit"]
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == 2.0
+    assert options["unacked_restore_interval"] == 10
+    assert options["unacked_restore_throttle"] == 1
+    sweep = conf["beat_schedule"]["crsmon-sweep"]
+    assert (sweep["task"], sweep["schedule"]) == (SWEEP_TASK, 15)
+    with pytest.raises(ValueError, match="CRSMON_BROKER_URL"):
+        make_celery(Settings())
+
+
+def test_the_module_app_reads_the_environment_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``celery -A workers.celery_app`` finds ``app``; importing reads nothing."""
+    monkeypatch.setattr(workers.celery_app, "_app", None)
+    monkeypatch.setenv("CRSMON_BROKER_URL", "memory://")
+    monkeypatch.setenv("CRSMON_DATABASE_URL", "sqlite:///unused.sqlite3")
+    built = workers.celery_app.app
+    try:
+        assert built is workers.celery_app.app  # built once
+        assert built.crsmon_settings.broker_url == "memory://"
+        assert set(built.tasks) >= {GRADE_TASK, SWEEP_TASK}
+    finally:
+        built.close()
+    with pytest.raises(AttributeError):
+        _ = workers.celery_app.not_there
+
+
+def test_a_forked_child_drops_the_inherited_engine(app: CrsmonCelery) -> None:
+    """worker_process_init: the child builds its own engine, never shares sockets."""
+    inherited = app.runtime()
+    assert app.runtime() is inherited
+    app.on_worker_process_init()
+    assert app.runtime() is not inherited
+    app.on_worker_process_shutdown()
+
+
+def test_the_dispatcher_is_a_dispatcher(app: CrsmonCelery) -> None:
+    dispatcher: Dispatcher = CeleryDispatcher(app)  # checked by mypy
+    dispatcher.notify([])
+
+
+@pytest.mark.parametrize("in_ci", [True, False])
+def test_missing_services_fail_under_ci_and_skip_elsewhere(
+    in_ci: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_harness, "IN_CI", in_ci)
+    expected = pytest.fail.Exception if in_ci else pytest.skip.Exception
+    with pytest.raises(expected, match="redis-server is not installed"):
+        worker_harness.require(False, "redis-server is not installed")
+    worker_harness.require(True, "present")

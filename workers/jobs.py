@@ -1,0 +1,260 @@
+"""The work a grading message stands for, as plain functions over a session factory.
+
+No Celery here: :mod:`workers.tasks` wraps these functions in thin tasks, and the
+tests call them directly. The database is the queue of record
+(reliability.md §0, §1.4): a record is committed ``pending`` with its insert, a
+message only says "look at patient N", and everything a task needs is re-read.
+
+One delivery of "grade patient N" runs two transactions:
+
+1. **Claim** (short, committed at once): under the patient's row lock, count
+   this attempt on each of the patient's pending records (``attempts += 1``).
+   A record whose count now exceeds ``max_attempts`` has already been tried that
+   many times and never finished (a poison record, or a worker killed each time,
+   where Celery's ``task_reject_on_worker_lost`` would requeue it forever): it is
+   marked ``failed`` with ``last_error`` and is not graded again. Failed records
+   stay visible ("not graded: needs review"); they are never read as "no CRS".
+2. **Grade** (one transaction): :func:`crsmon.services.grading.grade_patient`
+   grades every pending record of the patient at once and marks them graded.
+   If it raises, the transaction rolls back (nothing half-written), the error is
+   recorded in ``last_error``, records that have used their last attempt are
+   marked ``failed`` at once, and the exception propagates.
+
+Serialization per patient: there is no Celery-side lock. Two deliveries for the
+same patient (a duplicate from the sweeper, a redelivery after a visibility
+timeout, two workers) are serialized by the database: on PostgreSQL the claim
+and ``grade_patient`` both take the patient row ``FOR UPDATE`` first, so the
+second waits for the first to commit and then finds nothing pending; on SQLite
+every transaction is ``BEGIN IMMEDIATE`` (one writer). Behind the locks, the
+unique natural keys on grades and alerts make a re-run write nothing twice, so
+even a locking bug could not produce a duplicate alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, literal, select, update
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from crsmon.db.models import ClinicalRecord, Patient
+from crsmon.domain.rules import RuleSet
+from crsmon.services.grading import GradingRun, grade_patient
+
+PENDING = "pending"
+GRADED = "graded"
+FAILED = "failed"
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 500
+NO_ERROR_RECORDED = "none recorded (the worker was lost or hit the time limit)"
+
+
+@dataclass(frozen=True, slots=True)
+class GradingContext:
+    """What a grading job needs: a session factory and the grading settings."""
+
+    sessions: sessionmaker[Session]
+    rules: RuleSet
+    max_attempts: int
+    stale_after_h: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One counted attempt: records still to grade, and records given up now."""
+
+    pending: int
+    gave_up: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What one delivery did. ``run`` is None when nothing was pending."""
+
+    patient_id: int
+    claim: Claim
+    run: GradingRun | None
+
+    def summary(self) -> dict[str, int]:
+        """Counts only (ids, no clinical values): safe for logs and results."""
+        run = self.run
+        return {
+            "patient_id": self.patient_id,
+            "pending": self.claim.pending,
+            "gave_up": self.claim.gave_up,
+            "records_graded": 0 if run is None else run.records_graded,
+            "grades_written": 0 if run is None else run.grades_written,
+            "alerts_raised": 0 if run is None else len(run.alerts_raised),
+        }
+
+
+def _pending_of(patient_id: int) -> ColumnElement[bool]:
+    return (ClinicalRecord.patient_id == patient_id) & (
+        ClinicalRecord.grading_state == PENDING
+    )
+
+
+def _rowcount(result: Any) -> int:
+    # session.execute(update(...)) returns a cursor result with a row count.
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _gave_up(max_attempts: int, error: str) -> str:
+    plural = "" if max_attempts == 1 else "s"
+    return f"gave up after {max_attempts} attempt{plural}; last: {error}"
+
+
+def _lock_patient(session: Session, patient_id: int) -> bool:
+    """Take the patient's row lock (PostgreSQL); False if there is no such patient."""
+    found = session.scalar(
+        select(Patient.id).where(Patient.id == patient_id).with_for_update()
+    )
+    return found is not None
+
+
+def claim(sessions: sessionmaker[Session], patient_id: int, max_attempts: int) -> Claim:
+    """Count one attempt on the patient's pending records; give up on exhausted ones.
+
+    Committed on return, so the count survives a worker killed mid-grading.
+    """
+    with sessions.begin() as session:
+        if not _lock_patient(session, patient_id):
+            return Claim(pending=0, gave_up=0)
+        session.execute(
+            update(ClinicalRecord)
+            .where(_pending_of(patient_id))
+            .values(attempts=ClinicalRecord.attempts + 1)
+        )
+        given_up = session.execute(
+            update(ClinicalRecord)
+            .where(_pending_of(patient_id), ClinicalRecord.attempts > max_attempts)
+            .values(
+                grading_state=FAILED,
+                last_error=literal(_gave_up(max_attempts, ""))
+                + func.coalesce(ClinicalRecord.last_error, NO_ERROR_RECORDED),
+            )
+        )
+        pending = session.scalar(
+            select(func.count())
+            .select_from(ClinicalRecord)
+            .where(_pending_of(patient_id))
+        )
+    return Claim(pending=pending or 0, gave_up=_rowcount(given_up))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short error text for ``last_error``: class and message, no SQL parameters.
+
+    SQLAlchemy statement errors carry the statement's parameters (clinical
+    values) in their text; only the driver's own message is kept.
+    """
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        text = f"{type(exc).__name__}: {type(exc.orig).__name__}: {exc.orig}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+
+
+def record_failure(
+    sessions: sessionmaker[Session],
+    patient_id: int,
+    exc: BaseException,
+    max_attempts: int,
+) -> int:
+    """Store the error on the patient's pending records; fail those out of attempts.
+
+    Returns the number of records marked ``failed``.
+    """
+    error = describe_error(exc)
+    with sessions.begin() as session:
+        session.execute(
+            update(ClinicalRecord)
+            .where(_pending_of(patient_id))
+            .values(last_error=error)
+        )
+        failed = session.execute(
+            update(ClinicalRecord)
+            .where(_pending_of(patient_id), ClinicalRecord.attempts >= max_attempts)
+            .values(
+                grading_state=FAILED,
+                last_error=_gave_up(max_attempts, error),
+            )
+        )
+    return _rowcount(failed)
+
+
+def grade_pending(
+    ctx: GradingContext,
+    patient_id: int,
+    *,
+    now: datetime | None = None,
+    before_commit: Callable[[int], None] | None = None,
+) -> JobResult:
+    """Grade all pending records of one patient, once (see the module docstring).
+
+    ``before_commit(patient_id)`` runs inside the grading transaction after every
+    row is written and before the commit; the worker uses it only for the
+    test-only delay hook (:func:`workers.tasks.test_only_delay`).
+
+    Raises:
+        Exception: whatever grading raised, after it was recorded in the database.
+    """
+    counted = claim(ctx.sessions, patient_id, ctx.max_attempts)
+    if counted.pending == 0:
+        return JobResult(patient_id, counted, None)  # a re-delivery: nothing to do
+    try:
+        with ctx.sessions.begin() as session:
+            run = grade_patient(
+                session,
+                patient_id,
+                ctx.rules,
+                now=now or datetime.now(UTC),
+                stale_after_h=ctx.stale_after_h,
+            )
+            if before_commit is not None:
+                before_commit(patient_id)
+    except Exception as exc:
+        _record_failure_quietly(ctx, patient_id, exc)
+        raise
+    return JobResult(patient_id, counted, run)
+
+
+def _record_failure_quietly(
+    ctx: GradingContext, patient_id: int, exc: BaseException
+) -> None:
+    try:
+        record_failure(ctx.sessions, patient_id, exc, ctx.max_attempts)
+    except Exception:  # the database may be the thing that failed
+        logger.warning("could not record the grading failure of patient %s", patient_id)
+
+
+def stale_patients(
+    sessions: sessionmaker[Session], *, older_than: datetime, limit: int
+) -> list[int]:
+    """Patients with a record still pending since before ``older_than``.
+
+    Oldest first, at most ``limit`` patients, so one sweep stays bounded and the
+    longest-waiting patients go first.
+    """
+    with sessions() as session:
+        oldest = func.min(ClinicalRecord.recorded_at)
+        return list(
+            session.scalars(
+                select(ClinicalRecord.patient_id)
+                .where(
+                    ClinicalRecord.grading_state == PENDING,
+                    ClinicalRecord.recorded_at < older_than,
+                )
+                .group_by(ClinicalRecord.patient_id)
+                .order_by(oldest, ClinicalRecord.patient_id)
+                .limit(limit)
+            )
+        )

@@ -1,0 +1,155 @@
+"""Celery tasks, thin over :mod:`workers.jobs`, and the Celery dispatcher.
+
+- ``crsmon.grade_patient(patient_id)``: one message per *patient*, never per
+  record; it grades every pending record of that patient (``jobs.grade_pending``).
+  Messages carry the patient's surrogate id only: no clinical values in Redis
+  or in Celery's logs.
+- ``crsmon.sweep()``: run by beat every ``sweep_interval_s``; re-enqueues
+  patients with records pending for longer than ``sweep_pending_after_s``, so
+  losing every Redis message costs latency, never data.
+
+Failures. A transient database error (connection lost, lock or serialization
+conflict, SQLite busy) is retried up to :data:`MAX_TRANSIENT_RETRIES` times with
+a short countdown, far below the visibility timeout. Anything else fails the
+task (the message is acked); the error is already in ``last_error`` and the
+sweeper tries again later, until the database's attempt counter marks the
+records ``failed``. Failures leave the task as :class:`GradingFailed`, which
+names the patient id and the error class only: the original message, which may
+quote clinical values, stays in the database.
+
+Per-patient serialization is the database's job, not Celery's: see
+:mod:`workers.jobs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery, Task, shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from workers.celery_app import GRADE_TASK, SWEEP_TASK, CrsmonCelery
+from workers.jobs import grade_pending, stale_patients
+
+logger = logging.getLogger(__name__)
+
+#: Bounded Celery retries for transient database errors (countdown 1, 2, 4 s).
+MAX_TRANSIENT_RETRIES = 3
+#: Patients re-enqueued by one sweep at most (oldest pending first).
+SWEEP_BATCH_PATIENTS = 500
+
+#: TEST ONLY. When this environment variable holds a number of seconds, the
+#: grading task sleeps that long (capped at :data:`TEST_DELAY_CAP_S`) inside the
+#: grading transaction, after every row is written and before the commit, and
+#: logs its pid. The worker tests use it to kill a worker mid-batch. Never set
+#: it in a deployment.
+TEST_DELAY_ENV = "CRSMON_TEST_GRADE_DELAY_S"
+TEST_DELAY_CAP_S = 30.0
+
+
+class GradingFailed(RuntimeError):
+    """Grading a patient failed; the detail is in the records' ``last_error``.
+
+    Its one argument is a message (so Celery's JSON serializer can rebuild it).
+    """
+
+    @classmethod
+    def of(cls, patient_id: int, error: BaseException) -> GradingFailed:
+        """The patient id and the error class, nothing from the error's message."""
+        return cls(f"grading patient {patient_id} failed: {type(error).__name__}")
+
+
+def test_only_delay(patient_id: int) -> None:
+    """TEST ONLY: sleep before the grading commit if :data:`TEST_DELAY_ENV` is set."""
+    raw = os.environ.get(TEST_DELAY_ENV)
+    if not raw:
+        return
+    seconds = min(float(raw), TEST_DELAY_CAP_S)
+    logger.warning(
+        "TEST ONLY %s: pid %d sleeps %.1f s before committing patient %d",
+        TEST_DELAY_ENV,
+        os.getpid(),
+        seconds,
+        patient_id,
+    )
+    time.sleep(seconds)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error worth a quick retry (the next attempt may well succeed)."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def crsmon_app(app: Celery) -> CrsmonCelery:
+    """The task's app, which must come from :func:`workers.celery_app.make_celery`."""
+    if not isinstance(app, CrsmonCelery):
+        raise TypeError("crsmon tasks need an app built by make_celery(settings)")
+    return app
+
+
+@shared_task(bind=True, name=GRADE_TASK, max_retries=MAX_TRANSIENT_RETRIES)
+def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
+    """Grade every pending record of one patient (idempotent; ids only)."""
+    context = crsmon_app(self.app).runtime().context
+    try:
+        result = grade_pending(context, patient_id, before_commit=test_only_delay)
+    except Exception as exc:
+        failure = GradingFailed.of(patient_id, exc)
+        if is_transient(exc) and self.request.retries < MAX_TRANSIENT_RETRIES:
+            countdown = 2**self.request.retries
+            raise self.retry(exc=failure, countdown=countdown) from None
+        raise failure from None
+    return result.summary()
+
+
+@shared_task(bind=True, name=SWEEP_TASK)
+def sweep(self: Task[Any, Any]) -> dict[str, int]:
+    """Re-enqueue patients whose records have waited too long (bounded batch)."""
+    app = crsmon_app(self.app)
+    settings = app.crsmon_settings
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.sweep_pending_after_s)
+    sessions = app.runtime().context.sessions
+    patients = stale_patients(sessions, older_than=cutoff, limit=SWEEP_BATCH_PATIENTS)
+    dispatcher = CeleryDispatcher(app)
+    dispatcher.notify(patients)
+    return {"stale_patients": len(patients), "published": dispatcher.published}
+
+
+class CeleryDispatcher:
+    """The :class:`crsmon.services.dispatch.Dispatcher` that sends grading messages.
+
+    Call :meth:`notify` after the records are committed. One message per patient
+    (ids only). Publishing never blocks for long (the broker socket timeouts of
+    :mod:`workers.celery_app`), and a failed publish is logged and swallowed: the
+    records are already pending in the database and the sweeper will find them.
+    After the first failure the rest of the batch is skipped, so a dead broker
+    costs one timeout per call, not one per patient.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.published = 0
+
+    def notify(self, patient_ids: Iterable[int]) -> None:
+        """Send one ``crsmon.grade_patient`` message per distinct patient."""
+        task = self.app.tasks[GRADE_TASK]
+        todo = sorted(set(patient_ids))
+        for done, patient_id in enumerate(todo):
+            try:
+                task.delay(patient_id)
+            except Exception as exc:  # a broker error must never fail intake
+                logger.warning(
+                    "broker unavailable (%s): %d grading message(s) not sent; "
+                    "the sweeper will re-enqueue them",
+                    type(exc).__name__,
+                    len(todo) - done,
+                )
+                return
+            self.published += 1
