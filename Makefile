@@ -20,9 +20,10 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.runtime
 
-## The main job on the embedded default: grade the bundled examples as a table.
+## The main job on the embedded default (SQLite, in-process grading, no server):
+## replay a synthetic 20-patient, 14-day feed through intake, grading and alerts.
 demo: $(VENV)/.runtime
-	$(BIN)/crsmon grade examples/assessments.jsonl --format table
+	$(BIN)/crsmon demo
 
 ## Everything CI runs: lint, format check, type check, all tests.
 check: lint typecheck test

@@ -7,10 +7,12 @@ import click
 from crsmon import __version__
 from crsmon.api.cli import serve
 from crsmon.cli.db import db
+from crsmon.cli.demo import demo
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
 from crsmon.cli.regrade import regrade
 from crsmon.cli.rules import rules
+from crsmon.cli.schema import schema
 from workers.cli import beat, worker
 
 
@@ -24,9 +26,11 @@ def main() -> None:
 
 
 main.add_command(db)
+main.add_command(demo)
 main.add_command(grade)
 main.add_command(ingest)
 main.add_command(regrade)
+main.add_command(schema)
 main.add_command(serve)
 # The worker commands live with the workers; the CLI is the one place that joins them.
 main.add_command(worker)

@@ -11,7 +11,7 @@ every pending record.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -32,11 +32,17 @@ class InProcessDispatcher:
     """Grades each patient immediately, in its own transaction."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], rules: RuleSet, stale_after_h: float
+        self,
+        sessions: sessionmaker[Session],
+        rules: RuleSet,
+        stale_after_h: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sessions = sessions
         self.rules = rules
         self.stale_after_h = stale_after_h
+        # A replay grades as of its own feed time, not the wall clock.
+        self.clock = clock
         # The latest runs only: a long-running server must not grow without bound.
         self.runs: deque[GradingRun] = deque(maxlen=1000)
 
@@ -48,7 +54,7 @@ class InProcessDispatcher:
                     session,
                     patient_id,
                     self.rules,
-                    now=datetime.now(UTC),
+                    now=self.clock(),
                     stale_after_h=self.stale_after_h,
                 )
             self.runs.append(run)
