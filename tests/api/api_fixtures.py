@@ -1,22 +1,16 @@
 """Fixtures of the API tests: ``pytest_plugins = ("api_fixtures",)`` loads them.
 
-A second ``conftest.py`` would clash with ``tests/integration/conftest.py``
-under mypy (the test folders are not packages), so the fixtures live here. The
-database fixtures follow ``tests/integration/conftest.py``: a SQLite file and a
-real PostgreSQL database per test, migrated to head as ``crsmon db upgrade``
-would; PostgreSQL is skipped locally when absent but fails under ``CI=true``.
+The databases come from ``tests/conftest.py`` (a SQLite file and the real
+PostgreSQL, which fails under ``CI=true`` when absent), migrated to head as
+``crsmon db upgrade`` would.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from api_feed import MakeClient, TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,48 +20,12 @@ from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 from crsmon.settings import Settings
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-
-def _pg_available() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def api_postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session."""
-    if not _pg_available():
-        message = "PostgreSQL is not answering on 127.0.0.1:5432"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"crsmon_api_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def api_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture
+def api_database_url(database_url: str) -> str:
     """An empty database of each backend, migrated to head (as `crsmon db upgrade`)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'crsmon.sqlite3'}"
-    else:
-        url = request.getfixturevalue("api_postgres_url")
-        admin_url = url.replace("postgresql+psycopg", "postgresql")
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-    upgrade(url)
-    return url
+    upgrade(database_url)
+    return database_url
 
 
 @pytest.fixture

@@ -17,82 +17,47 @@ services skip locally and fail under ``CI=true``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from conftest import reset_schema
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from worker_harness import Processes, RedisServer, processes, require, start_redis
+from worker_harness import Processes, RedisServer, processes, start_redis
 
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_available() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
-
 
 @pytest.fixture(scope="session")
-def worker_postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session."""
-    require(_pg_available(), "PostgreSQL is not answering on 127.0.0.1:5432")
-    name = f"crsmon_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _reset(url: str) -> str:
-    admin_url = url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def worker_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each backend (PostgreSQL: reset per test)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crsmon.sqlite3'}"
-    url: str = request.getfixturevalue("worker_postgres_url")
-    return _reset(url)
+def worker_postgres_url(postgres_url: str) -> str:
+    """The session's PostgreSQL database (``tests/conftest.py``)."""
+    return postgres_url
 
 
 @pytest.fixture
-def worker_engine(worker_database_url: str) -> Iterator[Engine]:
-    """An engine on a database migrated to head, disposed after the test."""
-    upgrade(worker_database_url)
-    engine = make_engine(worker_database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+def worker_database_url(database_url: str) -> str:
+    """An empty database of each backend (``tests/conftest.py``)."""
+    return database_url
 
 
 @pytest.fixture
-def worker_sessions(worker_engine: Engine) -> sessionmaker[Session]:
-    """A session factory on the migrated database."""
-    return make_sessions(worker_engine)
+def worker_engine(migrated_engine: Engine) -> Engine:
+    """An engine on a database migrated to head (``tests/conftest.py``)."""
+    return migrated_engine
+
+
+@pytest.fixture
+def worker_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """A session factory on the migrated database (``tests/conftest.py``)."""
+    return sessions
 
 
 @pytest.fixture
 def worker_pg_url(worker_postgres_url: str) -> str:
     """The session's PostgreSQL database, emptied and migrated to head."""
-    upgrade(_reset(worker_postgres_url))
+    upgrade(reset_schema(worker_postgres_url))
     return worker_postgres_url
 
 

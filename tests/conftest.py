@@ -1,4 +1,8 @@
-"""Integration fixtures: real SQLite files and a real PostgreSQL database.
+"""Shared fixtures: real SQLite files and a real PostgreSQL database.
+
+The one conftest of the suite (the test folders are not packages, so a second
+``conftest`` module would clash under mypy); the integration, API and worker
+suites all use these.
 
 PostgreSQL is the machine's server on 127.0.0.1:5432 (trust auth). Each test
 session creates its own uniquely named database and drops it afterwards. When
@@ -50,17 +54,21 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each backend (PostgreSQL: reset per test)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'crsmon.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
+def reset_schema(url: str) -> str:
+    """Empty a PostgreSQL database (drop and recreate its public schema)."""
     admin_url = url.replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend (PostgreSQL: reset per test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crsmon.sqlite3'}"
+    return reset_schema(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
