@@ -33,12 +33,17 @@ from crsmon.domain.records import Finding, Quantity
 from crsmon.domain.units import temperature_to_celsius
 from crsmon.domain.vocab import (
     OxygenDevice,
-    TemperatureUnit,
     TreatmentDrug,
     VasoactiveDrug,
     VasopressorDoseUnit,
 )
 from crsmon.intake.rows import PatientRow, RecordRow, quality_flags
+from crsmon.schemas.common import (
+    StrictModel,
+    TemperatureRawIn,
+    sbp_above_dbp,
+    within,
+)
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """A clock a few minutes fast at the bedside is tolerated; more is an error."""
@@ -59,22 +64,7 @@ def _not_future(value: datetime, info: ValidationInfo) -> datetime:
 Timestamp = Annotated[AwareDatetime, AfterValidator(_not_future)]
 
 
-def _within(name: str) -> AfterValidator:
-    limit = LIMITS[name]
-
-    def check(value: float | None) -> float | None:
-        if value is not None and limit.rejects(value):
-            raise ValueError(f"{limit.reject_reason()} (plausibility limit, §4.4)")
-        return value
-
-    return AfterValidator(check)
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, allow_inf_nan=False
-    )
-
+class _Record(StrictModel):
     source_system: System
     source_record_id: Key
 
@@ -119,12 +109,12 @@ class PatientIn(_Record):
     kind: Literal["patient"]
     patient: Pseudonym
     birth_date: date | None = None
-    age_years: Annotated[float | None, _within("age_years")] = None
-    weight_kg: Annotated[float | None, _within("weight_kg")] = None
+    age_years: Annotated[float | None, within("age_years")] = None
+    weight_kg: Annotated[float | None, within("weight_kg")] = None
     care_unit: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     disease_status: Literal["isolated_extramedullary", "hematologic"] | None = None
     marrow_blast_pct: Annotated[float | None, Field(ge=0, le=100)] = None
-    ldh_u_l: Annotated[float | None, _within("ldh_u_l")] = None
+    ldh_u_l: Annotated[float | None, within("ldh_u_l")] = None
     product: ProductIn | None = None
     infusion_at: Timestamp
 
@@ -153,24 +143,6 @@ class PatientIn(_Record):
         )
 
 
-class TemperatureRawIn(BaseModel):
-    """A temperature as read, in Cel or [degF]."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    unit: TemperatureUnit
-    value: float
-
-    @field_validator("value")
-    @classmethod
-    def _plausible(cls, value: float, info: ValidationInfo) -> float:
-        unit = info.data.get("unit")
-        limit = LIMITS["temperature_c"]
-        if unit is not None and limit.rejects(temperature_to_celsius(value, unit)):
-            raise ValueError(f"converted to Cel it {limit.reject_reason()} (§4.4)")
-        return value
-
-
 _VITALS = (
     "temperature_c",
     "dbp_mmhg",
@@ -187,24 +159,18 @@ class VitalsIn(_PatientRecord):
 
     kind: Literal["vitals"]
     observed_at: Timestamp
-    temperature_c: Annotated[float | None, _within("temperature_c")] = None
+    temperature_c: Annotated[float | None, within("temperature_c")] = None
     temperature_raw: TemperatureRawIn | None = None
-    dbp_mmhg: Annotated[float | None, _within("dbp_mmhg")] = None
-    sbp_mmhg: Annotated[float | None, _within("sbp_mmhg")] = None
-    map_mmhg: Annotated[float | None, _within("map_mmhg")] = None
-    heart_rate_per_min: Annotated[float | None, _within("heart_rate_per_min")] = None
+    dbp_mmhg: Annotated[float | None, within("dbp_mmhg")] = None
+    sbp_mmhg: Annotated[float | None, within("sbp_mmhg")] = None
+    map_mmhg: Annotated[float | None, within("map_mmhg")] = None
+    heart_rate_per_min: Annotated[float | None, within("heart_rate_per_min")] = None
     respiratory_rate_per_min: Annotated[
-        float | None, _within("respiratory_rate_per_min")
+        float | None, within("respiratory_rate_per_min")
     ] = None
-    spo2_pct: Annotated[float | None, _within("spo2_pct")] = None
+    spo2_pct: Annotated[float | None, within("spo2_pct")] = None
 
-    @field_validator("sbp_mmhg")
-    @classmethod
-    def _above_dbp(cls, sbp: float | None, info: ValidationInfo) -> float | None:
-        dbp = info.data.get("dbp_mmhg")
-        if sbp is not None and dbp is not None and sbp <= dbp:
-            raise ValueError("must be greater than dbp_mmhg (plausibility limit, §4.4)")
-        return sbp
+    _above_dbp = field_validator("sbp_mmhg")(sbp_above_dbp)
 
     @model_validator(mode="after")
     def _some_value(self) -> VitalsIn:
@@ -250,8 +216,8 @@ class OxygenIn(_PatientRecord):
     kind: Literal["oxygen"]
     observed_at: Timestamp
     device: OxygenDevice
-    flow_l_min: Annotated[float | None, _within("flow_l_min")] = None
-    fio2: Annotated[float | None, _within("fio2")] = None
+    flow_l_min: Annotated[float | None, within("flow_l_min")] = None
+    fio2: Annotated[float | None, within("fio2")] = None
     for_comfort_only: bool = False
 
     def rows(self) -> list[RecordRow]:

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     StringConstraints,
@@ -21,28 +20,30 @@ from pydantic import (
     field_validator,
 )
 
-from crsmon.domain.plausibility import LIMITS
 from crsmon.domain.snapshot import (
     Assessment,
     Episode,
     IcansFindings,
     MaskingDrug,
     OxygenSupport,
-    TemperatureReading,
     Treatment,
     VasopressorInfusion,
 )
-from crsmon.domain.units import temperature_to_celsius
 from crsmon.domain.vocab import (
     CerebralEdema,
     Consciousness,
     MotorFinding,
     OxygenDevice,
     Seizure,
-    TemperatureUnit,
     TreatmentDrug,
     VasoactiveDrug,
     VasopressorDoseUnit,
+)
+from crsmon.schemas.common import (
+    StrictModel,
+    TemperatureRawIn,
+    sbp_above_dbp,
+    within,
 )
 
 MAX_T_HOURS = 87_600.0
@@ -54,68 +55,29 @@ MAX_OBSERVATIONS = 10_000
 MAX_TREATMENTS = 10_000
 
 
-def _within(name: str) -> AfterValidator:
-    """Reject a value outside the §4.4 reject bounds of ``name``."""
-    limit = LIMITS[name]
-
-    def check(value: float | None) -> float | None:
-        if value is not None and limit.rejects(value):
-            raise ValueError(f"{limit.reject_reason()} (plausibility limit, §4.4)")
-        return value
-
-    return AfterValidator(check)
-
-
 def _t_hours(value: float) -> float:
     if abs(value) > MAX_T_HOURS:
         raise ValueError(f"must be within ±{MAX_T_HOURS:g} h of the infusion")
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, allow_inf_nan=False
-    )
-
-
 THours = Annotated[float, AfterValidator(_t_hours)]
-AgeYears = Annotated[float, _within("age_years")]
+AgeYears = Annotated[float, within("age_years")]
 Term = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
-class TemperatureRawIn(_Strict):
-    """An original temperature reading with its UCUM unit."""
-
-    unit: TemperatureUnit
-    value: float
-
-    @field_validator("value")
-    @classmethod
-    def _plausible(cls, value: float, info: ValidationInfo) -> float:
-        unit = info.data.get("unit")
-        limit = LIMITS["temperature_c"]
-        if unit is not None and limit.rejects(temperature_to_celsius(value, unit)):
-            raise ValueError(
-                f"converted to Cel it {limit.reject_reason()} (plausibility, §4.4)"
-            )
-        return value
-
-    def to_domain(self) -> TemperatureReading:
-        return TemperatureReading(self.value, self.unit)
-
-
-class OxygenIn(_Strict):
+class OxygenIn(StrictModel):
     """Oxygen support: device, flow in L/min, FiO2 as a fraction."""
 
     device: OxygenDevice
-    flow_l_min: Annotated[float | None, _within("flow_l_min")] = None
-    fio2: Annotated[float | None, _within("fio2")] = None
+    flow_l_min: Annotated[float | None, within("flow_l_min")] = None
+    fio2: Annotated[float | None, within("fio2")] = None
 
     def to_domain(self) -> OxygenSupport:
         return OxygenSupport(self.device, self.flow_l_min, self.fio2)
 
 
-class VasopressorIn(_Strict):
+class VasopressorIn(StrictModel):
     """One vasoactive infusion running in the window."""
 
     drug: VasoactiveDrug
@@ -127,7 +89,7 @@ class VasopressorIn(_Strict):
         return VasopressorInfusion(self.drug, self.dose, self.unit, self.duration_h)
 
 
-class IcansIn(_Strict):
+class IcansIn(StrictModel):
     """ICANS findings (grading.md §3.5); kept beside CRS, never graded into it."""
 
     ice_score: Annotated[int | None, Field(ge=0, le=10)] = None
@@ -144,41 +106,35 @@ class IcansIn(_Strict):
         return IcansFindings(**self.model_dump())
 
 
-class _SnapshotFields(_Strict):
+class _SnapshotFields(StrictModel):
     """Fields shared by a stand-alone assessment and an episode observation."""
 
-    weight_kg: Annotated[float | None, _within("weight_kg")] = None
-    temperature_c: Annotated[float | None, _within("temperature_c")] = None
+    weight_kg: Annotated[float | None, within("weight_kg")] = None
+    temperature_c: Annotated[float | None, within("temperature_c")] = None
     temperature_raw: TemperatureRawIn | None = None
     fever_attributable_to_other_cause: bool = False
     # DBP is declared before SBP so the SBP check (§4.4: reject SBP <= DBP) sees it.
-    dbp_mmhg: Annotated[float | None, _within("dbp_mmhg")] = None
-    sbp_mmhg: Annotated[float | None, _within("sbp_mmhg")] = None
-    map_mmhg: Annotated[float | None, _within("map_mmhg")] = None
+    dbp_mmhg: Annotated[float | None, within("dbp_mmhg")] = None
+    sbp_mmhg: Annotated[float | None, within("sbp_mmhg")] = None
+    map_mmhg: Annotated[float | None, within("map_mmhg")] = None
     iv_fluid_bolus_for_hypotension: bool = False
     hypotension_assessed: bool | None = None
-    vasopressors: Annotated[
-        list[VasopressorIn], Field(max_length=MAX_VASOPRESSORS)
-    ] = []
+    vasopressors: Annotated[list[VasopressorIn], Field(max_length=MAX_VASOPRESSORS)] = (
+        Field(default_factory=list)
+    )
     hypotension_attributable_to_other_cause: bool = False
     oxygen: OxygenIn | None = None
     oxygen_for_comfort_only: bool = False
     hypoxia_attributable_to_other_cause: bool = False
-    spo2_pct: Annotated[float | None, _within("spo2_pct")] = None
+    spo2_pct: Annotated[float | None, within("spo2_pct")] = None
     organ_toxicity_ctcae: Annotated[
         dict[Term, Annotated[int, Field(ge=0, le=5)]], Field(max_length=64)
-    ] = {}
+    ] = Field(default_factory=dict)
     icans: IcansIn | None = None
     death: bool = False
     death_attributable_to_crs: bool | None = None
 
-    @field_validator("sbp_mmhg")
-    @classmethod
-    def _above_dbp(cls, sbp: float | None, info: ValidationInfo) -> float | None:
-        dbp = info.data.get("dbp_mmhg")
-        if sbp is not None and dbp is not None and sbp <= dbp:
-            raise ValueError("must be greater than dbp_mmhg (plausibility limit, §4.4)")
-        return sbp
+    _above_dbp = field_validator("sbp_mmhg")(sbp_above_dbp)
 
     @field_validator("death_attributable_to_crs")
     @classmethod
@@ -265,7 +221,7 @@ class EpisodeObservationIn(_SnapshotFields):
         return Assessment(age_years=age, t_hours=self.t_hours, **self._domain_fields())
 
 
-class TreatmentIn(_Strict):
+class TreatmentIn(StrictModel):
     """A fever-masking drug given at hours since infusion."""
 
     t_hours: THours
@@ -275,11 +231,13 @@ class TreatmentIn(_Strict):
         return Treatment(self.t_hours, self.drug)
 
 
-class EpisodeIn(_Strict):
+class EpisodeIn(StrictModel):
     """An episode object (grading.md §0.2)."""
 
     age_years: AgeYears
-    treatments: Annotated[list[TreatmentIn], Field(max_length=MAX_TREATMENTS)] = []
+    treatments: Annotated[list[TreatmentIn], Field(max_length=MAX_TREATMENTS)] = Field(
+        default_factory=list
+    )
     observations: Annotated[
         list[EpisodeObservationIn], Field(min_length=1, max_length=MAX_OBSERVATIONS)
     ]
@@ -292,7 +250,7 @@ class EpisodeIn(_Strict):
         )
 
 
-class EpisodeLineIn(_Strict):
+class EpisodeLineIn(StrictModel):
     """An episode line: ``{"id": ..., "episode": {...}}``."""
 
     id: LineId = None
