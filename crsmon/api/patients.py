@@ -23,7 +23,7 @@ from crsmon.api.schemas import (
     PatientPage,
 )
 from crsmon.db.models import Patient
-from crsmon.db.repository import UnknownPatientError, patient_by_pseudonym
+from crsmon.db.repository import UnknownPatientError, patient_by_pseudonym, unit_stays
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])
 
@@ -48,7 +48,8 @@ def get_patients(
 ) -> PatientPage:
     """Enrolled patients in enrolment order, one page at a time."""
     views, total = list_patients(session, context.rules.key, limit=limit, offset=offset)
-    items = [PatientOut.of(v) for v in views]
+    stays = unit_stays(session, [v.patient.id for v in views])
+    items = [PatientOut.of(v, stays[v.patient.id]) for v in views]
     return PatientPage(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -56,9 +57,10 @@ def get_patients(
 def get_patient(
     pseudonym: Pseudonym, session: SessionDep, context: ContextDep
 ) -> PatientOut:
-    """Baseline, product, unit, current and maximum grade, open alerts, last vitals."""
+    """Baseline, product, unit stays, current and maximum grade, alerts, vitals."""
     patient = _patient(session, pseudonym)
-    return PatientOut.of(patient_view(session, patient, context.rules.key))
+    view = patient_view(session, patient, context.rules.key)
+    return PatientOut.of(view, unit_stays(session, [patient.id])[patient.id])
 
 
 @router.get("/{pseudonym}/grades", response_model=GradeTimeline, responses=_NOT_FOUND)

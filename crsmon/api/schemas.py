@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from crsmon.api.errors import problems
 from crsmon.api.intake import Line
 from crsmon.api.queries import PatientView
-from crsmon.db.models import Alert, Grade
+from crsmon.db.models import Alert, Grade, UnitStay
+from crsmon.db.repository import current_unit
 from crsmon.services.ingest import Outcome
 
 Status = Literal["stored", "duplicate", "refused", "conflict"]
@@ -118,6 +119,19 @@ class Baseline(BaseModel):
     ldh_u_l: float | None
 
 
+class UnitStayOut(BaseModel):
+    """Where the patient was cared for, from when until when (null: still there)."""
+
+    care_unit: str
+    from_at: datetime
+    to_at: datetime | None
+
+    @classmethod
+    def of(cls, stay: UnitStay) -> UnitStayOut:
+        """A stored unit stay as the reply."""
+        return cls(care_unit=stay.care_unit, from_at=stay.from_at, to_at=stay.to_at)
+
+
 class PatientOut(BaseModel):
     """An enrolled patient (pseudonym only) and where their monitoring stands."""
 
@@ -126,7 +140,17 @@ class PatientOut(BaseModel):
     enrolled_at: datetime
     baseline: Baseline
     product: Product | None
-    care_unit: str | None = Field(description="The current unit stay's unit.")
+    care_unit: str | None = Field(
+        description="The open unit stay's unit (null after a discharge)."
+    )
+    discharged_at: datetime | None = Field(
+        description="When the patient was discharged, if the last stay ended so "
+        "and no readmission followed."
+    )
+    unit_stays: list[UnitStayOut] = Field(
+        description="Every unit stay in time order: the enrolment unit from the "
+        "infusion, then each transfer, discharge and readmission."
+    )
     current_grade: int | None = Field(
         description="ASTCT grade at the latest graded time (live rule set)."
     )
@@ -138,9 +162,10 @@ class PatientOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, view: PatientView) -> PatientOut:
-        """A patient's view as the reply."""
+    def of(cls, view: PatientView, stays: Sequence[UnitStay]) -> PatientOut:
+        """A patient's view and unit stays (in time order) as the reply."""
         p = view.patient
+        where = current_unit(stays)
         product = None
         if p.product_name is not None:
             product = Product(
@@ -154,7 +179,9 @@ class PatientOut(BaseModel):
             enrolled_at=p.recorded_at,
             baseline=Baseline.model_validate(p, from_attributes=True),
             product=product,
-            care_unit=view.care_unit,
+            care_unit=where.care_unit,
+            discharged_at=where.discharged_at,
+            unit_stays=[UnitStayOut.of(s) for s in stays],
             current_grade=view.current_grade,
             current_grade_at=view.current_grade_at,
             max_grade=view.max_grade,
@@ -272,3 +299,27 @@ class Readiness(BaseModel):
 
 def _columns(row: Grade | Alert) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+class DeliveryOut(BaseModel):
+    """One webhook push of an alert to one URL, and its attempts so far."""
+
+    target: str = Field(
+        description="The receiver's scheme, host and port (the path and query of "
+        "a webhook URL may hold a token, so they are not shown)."
+    )
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None = Field(
+        description="When a pending push is tried next (null once settled)."
+    )
+    delivered_at: datetime | None
+
+
+class AlertDetailOut(AlertOut):
+    """An alert with its webhook deliveries (severe kinds, when configured)."""
+
+    deliveries: list[DeliveryOut]

@@ -8,18 +8,24 @@
 - A refused record is kept in quarantine with its reason.
 - New clinical rows are committed as ``pending`` in the same transaction: the
   row is the outbox the workers and the sweeper read.
+- The unit stays are a projection, never edited by hand: whenever a transfer or
+  discharge, or a correction or retraction of one, is stored, they are rebuilt
+  from the enrolment unit and the patient's current transfers and discharges
+  (:func:`rebuild_unit_stays`), so the order records arrive in does not matter.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from crsmon.db.models import ClinicalRecord, Patient, QuarantinedRecord, UnitStay
 from crsmon.domain.records import (
@@ -124,6 +130,9 @@ def store_records(
 ) -> Stored:
     """Store a record's rows as pending, once.
 
+    A transfer or discharge, or a correction or retraction of one, rebuilds the
+    unit stays of the patient it belongs to, in the same transaction.
+
     Raises:
         ConflictError: a key was stored before with a different content hash.
     """
@@ -134,14 +143,57 @@ def store_records(
                 "source_record_id: already received with different content"
             )
         return Stored(tuple(f.id for f in found if f is not None), duplicate=True)
+    for row in rows:
+        _refuse_other_patients_records(session, patient, source_system, row)
+    if any(_may_move(row) for row in rows):
+        # Before the insert, so the patient's lock is never upgraded from the
+        # foreign key's weaker one (concurrent stays rebuild one at a time).
+        _lock(session, patient.id)
     ids = []
+    moved: set[int] = set()
     for row in rows:
         record = _new_record(session, patient, source_system, row, digest)
         session.add(record)
         session.flush()
         ids.append(record.id)
-        _apply_retraction(session, source_system, row)
+        if _moves(session, record):
+            moved.add(record.patient_id)
+        moved |= _apply_retraction(session, source_system, row)
+    if moved:  # only ever this patient: see _refuse_other_patients_records
+        rebuild_unit_stays(session, patient)
     return Stored(tuple(ids), duplicate=False)
+
+
+def _same_record(target: str) -> ColumnElement[bool]:
+    """The stored rows of one sent record (a vitals set: ``<id>#<quantity>``)."""
+    return or_(
+        ClinicalRecord.source_record_id == target,
+        ClinicalRecord.source_record_id.startswith(f"{target}#", autoescape=True),
+    )
+
+
+def _refuse_other_patients_records(
+    session: Session, patient: Patient, system: str, row: RecordRow
+) -> None:
+    """A correction or retraction may only touch records of the patient it names.
+
+    Raises:
+        ConflictError: its target was stored for another patient (a mix-up that
+            would otherwise silently change someone else's record).
+    """
+    checks = []
+    if row.kind == "retraction":
+        checks.append(("target_record_id", row.details["target_record_id"]))
+    if row.supersedes is not None:
+        checks.append(("supersedes", row.supersedes))
+    for field, target in checks:
+        owners = session.scalars(
+            select(ClinicalRecord.patient_id).where(
+                ClinicalRecord.source_system == system, _same_record(target)
+            )
+        ).all()
+        if any(owner != patient.id for owner in owners):
+            raise ConflictError(f"{field}: names a record of another patient")
 
 
 def _new_record(
@@ -174,24 +226,213 @@ def _new_record(
     )
 
 
-def _apply_retraction(session: Session, system: str, row: RecordRow) -> None:
+def _apply_retraction(session: Session, system: str, row: RecordRow) -> set[int]:
+    """Mark the target retracted; the patients whose unit stays it moves."""
     if row.kind != "retraction":
-        return
-    target = row.details["target_record_id"]
-    # A vitals set is stored as one row per value (``<id>#<quantity>``).
-    same_record = or_(
-        ClinicalRecord.source_record_id == target,
-        ClinicalRecord.source_record_id.startswith(f"{target}#", autoescape=True),
+        return set()
+    same_record = _same_record(row.details["target_record_id"])
+    where = (
+        ClinicalRecord.source_system == system,
+        same_record,
+        ClinicalRecord.retracted_at.is_(None),
     )
+    targets = session.scalars(select(ClinicalRecord).where(*where)).all()
     session.execute(
         update(ClinicalRecord)
-        .where(
-            ClinicalRecord.source_system == system,
-            same_record,
-            ClinicalRecord.retracted_at.is_(None),
-        )
+        .where(*where)
         .values(retracted_at=row.occurred_at, retraction_reason=row.details["reason"])
     )
+    return {t.patient_id for t in targets if _moves(session, t)}
+
+
+STAY_KINDS = frozenset({"transfer", "discharge"})
+"""The record kinds the unit stays are built from."""
+
+
+def _may_move(row: RecordRow) -> bool:
+    """Whether storing ``row`` may change unit stays (decided before storing it)."""
+    return row.kind in STAY_KINDS | {"retraction"} or row.supersedes is not None
+
+
+def _moves(session: Session, record: ClinicalRecord) -> bool:
+    """Whether ``record`` (or the record it corrects) is a transfer or discharge."""
+    if record.kind in STAY_KINDS:
+        return True
+    if record.supersedes_id is None:
+        return False
+    return session.get_one(ClinicalRecord, record.supersedes_id).kind in STAY_KINDS
+
+
+def _lock(session: Session, patient_id: int) -> None:
+    """The patient's row lock (PostgreSQL; SQLite's writer lock is already held)."""
+    session.execute(
+        select(Patient.id).where(Patient.id == patient_id).with_for_update()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStay:
+    """One unit stay as the records give it (``to_at`` None: still open)."""
+
+    care_unit: str
+    from_at: datetime
+    to_at: datetime | None
+
+
+def _stay_events(session: Session, patient_id: int) -> list[ClinicalRecord]:
+    """The patient's current transfers and discharges (as ``current_records``)."""
+    newer = aliased(ClinicalRecord)
+    superseded = (
+        select(newer.id)
+        .where(
+            newer.patient_id == patient_id,
+            newer.supersedes_id == ClinicalRecord.id,
+            newer.retracted_at.is_(None),
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(ClinicalRecord).where(
+                ClinicalRecord.patient_id == patient_id,
+                ClinicalRecord.kind.in_(sorted(STAY_KINDS)),
+                ClinicalRecord.retracted_at.is_(None),
+                ~superseded,
+            )
+        )
+    )
+
+
+def plan_unit_stays(
+    care_unit: str, infusion_at: datetime, events: Iterable[ClinicalRecord]
+) -> tuple[list[PlannedStay], int]:
+    """The stays the enrolment and ``events`` give, and which one holds the enrolment.
+
+    Everything is taken in time order: the enrolment puts the patient in
+    ``care_unit`` at ``infusion_at`` as a transfer would; a transfer closes the
+    open stay and opens one in its unit (the same unit changes nothing; with no
+    open stay it is a readmission); a discharge closes the open stay (with none
+    open, it changes nothing). At the same time the enrolment comes first, then
+    transfers, then discharges, each by sender and id, so the result never
+    depends on the order the records arrived in.
+    """
+    moves: list[tuple[datetime, int, str, str, str | None]] = [
+        (infusion_at, 0, "", "", care_unit)
+    ]
+    moves += [
+        (
+            r.occurred_at,
+            1 if r.kind == "transfer" else 2,
+            r.source_system,
+            r.source_record_id,
+            r.details.get("care_unit"),
+        )
+        for r in events
+    ]
+    stays: list[PlannedStay] = []
+    enrolment = 0
+    for at, rank, _, _, unit in sorted(moves, key=lambda move: move[:4]):
+        current = stays[-1] if stays and stays[-1].to_at is None else None
+        if current is not None and current.care_unit != unit:
+            stays[-1] = replace(current, to_at=at)  # moved on, or discharged
+        if unit is not None and (current is None or current.care_unit != unit):
+            stays.append(PlannedStay(unit, at, None))
+        if rank == 0:
+            enrolment = len(stays) - 1
+    return stays, enrolment
+
+
+def rebuild_unit_stays(session: Session, patient: Patient) -> list[UnitStay]:
+    """Rebuild the patient's unit stays from the enrolment and current records.
+
+    The enrolment's stay (the patient's first ``UnitStay`` row, which keeps the
+    enrolment unit) is updated in place; the other rows are replaced. Nothing is
+    written when the stays are already right. Returns the stays in time order.
+
+    Raises:
+        LookupError: the patient has no enrolment stay.
+    """
+    _lock(session, patient.id)
+    rows = list(
+        session.scalars(
+            select(UnitStay)
+            .where(UnitStay.patient_id == patient.id)
+            .order_by(UnitStay.id)
+        )
+    )
+    if not rows:
+        raise LookupError("unit_stays: the patient has no enrolment stay")
+    enrolled, *others = rows
+    plan, at = plan_unit_stays(
+        enrolled.care_unit,
+        patient.infusion_at,
+        _stay_events(session, patient.id),
+    )
+    held = [_planned(r) for r in [enrolled, *others]]
+    if held == [plan[at], *(s for i, s in enumerate(plan) if i != at)]:
+        return ordered_stays(rows)
+    enrolled.from_at, enrolled.to_at = plan[at].from_at, plan[at].to_at
+    for row in others:
+        session.delete(row)
+    stays = [
+        enrolled
+        if i == at
+        else UnitStay(
+            patient_id=patient.id,
+            care_unit=s.care_unit,
+            from_at=s.from_at,
+            to_at=s.to_at,
+        )
+        for i, s in enumerate(plan)
+    ]
+    session.add_all(stays)
+    session.flush()
+    return stays
+
+
+def _planned(row: UnitStay) -> PlannedStay:
+    return PlannedStay(row.care_unit, row.from_at, row.to_at)
+
+
+def ordered_stays(stays: Iterable[UnitStay]) -> list[UnitStay]:
+    """Stays in time order (a stay that ends as it begins comes before the next)."""
+    return sorted(
+        stays,
+        key=lambda s: (s.from_at, s.to_at is None, s.to_at or s.from_at, s.id),
+    )
+
+
+def unit_stays(
+    session: Session, patient_ids: Sequence[int]
+) -> dict[int, list[UnitStay]]:
+    """Each patient's unit stays, in time order."""
+    found: dict[int, list[UnitStay]] = {pid: [] for pid in patient_ids}
+    rows = session.scalars(select(UnitStay).where(UnitStay.patient_id.in_(patient_ids)))
+    for row in rows:
+        found[row.patient_id].append(row)
+    return {pid: ordered_stays(stays) for pid, stays in found.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatus:
+    """Where the patient is now: a unit, or discharged (and when)."""
+
+    care_unit: str | None
+    discharged_at: datetime | None
+
+
+def current_unit(stays: Sequence[UnitStay]) -> UnitStatus:
+    """The open stay's unit, or the discharge time when the last stay is closed.
+
+    Only a discharge closes a stay without opening the next, so a closed last
+    stay means the patient was discharged and not readmitted.
+    """
+    if not stays:
+        return UnitStatus(None, None)
+    last = stays[-1]
+    if last.to_at is None:
+        return UnitStatus(last.care_unit, None)
+    return UnitStatus(None, last.to_at)
 
 
 def quarantine(

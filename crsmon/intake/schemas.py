@@ -52,6 +52,7 @@ Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@/-]{1,128}$")]
 System = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 Pseudonym = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 FreeText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+CareUnit = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 def _not_future(value: datetime, info: ValidationInfo) -> datetime:
@@ -111,7 +112,7 @@ class PatientIn(_Record):
     birth_date: date | None = None
     age_years: Annotated[float | None, within("age_years")] = None
     weight_kg: Annotated[float | None, within("weight_kg")] = None
-    care_unit: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    care_unit: CareUnit
     disease_status: Literal["isolated_extramedullary", "hematologic"] | None = None
     marrow_blast_pct: Annotated[float | None, Field(ge=0, le=100)] = None
     ldh_u_l: Annotated[float | None, within("ldh_u_l")] = None
@@ -384,6 +385,32 @@ class OutcomeIn(_PatientRecord):
         return [self._row("outcome", self.at, details=details)]
 
 
+class TransferIn(_PatientRecord):
+    """The patient moves to ``care_unit`` (or, after a discharge, is readmitted)."""
+
+    kind: Literal["transfer"]
+    transferred_at: Timestamp
+    care_unit: CareUnit
+
+    def rows(self) -> list[RecordRow]:
+        """One transfer row (the unit stays are rebuilt from these)."""
+        details = {"care_unit": self.care_unit}
+        return [self._row("transfer", self.transferred_at, details=details)]
+
+
+class DischargeIn(_PatientRecord):
+    """The patient leaves inpatient care (``destination``: where to, if known)."""
+
+    kind: Literal["discharge"]
+    discharged_at: Timestamp
+    destination: Literal["home", "other_hospital", "hospice", "other"] | None = None
+
+    def rows(self) -> list[RecordRow]:
+        """One discharge row (it closes the open unit stay)."""
+        details = {"destination": self.destination}
+        return [self._row("discharge", self.discharged_at, details=details)]
+
+
 class RetractionIn(_PatientRecord):
     """Entered in error: the record ``target_record_id`` (same sender) is retracted."""
 
@@ -408,6 +435,8 @@ ClinicalIn = (
     | TreatmentIn
     | AttributionIn
     | OutcomeIn
+    | TransferIn
+    | DischargeIn
     | RetractionIn
 )
 FeedRecord = Annotated[PatientIn | ClinicalIn, Field(discriminator="kind")]

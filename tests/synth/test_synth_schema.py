@@ -15,7 +15,7 @@ def test_all_kinds_print_as_one_json_object() -> None:
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     assert list(document) == list(FEED_MODELS)
-    assert len(document) == 11
+    assert len(document) == 13
     for kind, kind_schema in document.items():
         assert kind_schema["type"] == "object"
         assert kind_schema["additionalProperties"] is False
