@@ -7,8 +7,13 @@ build ``Settings(...)`` directly.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, TypeAdapter, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_WEBHOOK_URL_CHARS = 500
+"""The width of ``webhook_deliveries.url``."""
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+"""Plain http is accepted only to a receiver on this machine (e.g. a relay)."""
 
 
 class Settings(BaseSettings):
@@ -25,7 +30,15 @@ class Settings(BaseSettings):
         description="Celery broker (redis://...). None: tasks run in process.",
     )
     rule_set: str = Field(default="astct-2019", description="Live grading rule set.")
-    stale_monitoring_h: float = Field(default=8.0, gt=0)
+    stale_monitoring_h: float = Field(
+        default=8.0,
+        gt=0,
+        description="Hours without temperature or blood pressure that raise "
+        "stale_monitoring, during the monitoring window.",
+    )
+    monitoring_days: float = Field(
+        default=14.0, ge=0, description="Days after infusion watched for stale data."
+    )
     max_grading_attempts: int = Field(default=5, ge=1)
     sweep_pending_after_s: float = Field(default=30.0, gt=0)
     max_batch_records: int = Field(default=1000, ge=1)
@@ -33,8 +46,20 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=300, ge=10)
     task_time_limit_s: int = Field(default=60, ge=1)
-    webhook_urls: list[str] = Field(default_factory=list)
-    webhook_secret: str | None = Field(default=None, repr=False)
+    webhook_urls: list[str] = Field(
+        default_factory=list,
+        description="Receivers of severe alerts (severe_crs, crs_death, high_risk); "
+        "JSON list in the environment: CRSMON_WEBHOOK_URLS='[\"https://...\"]'.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key that signs every webhook body."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+    webhook_backoff_s: float = Field(
+        default=10.0, gt=0, description="First retry delay; doubles each attempt."
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:
@@ -42,6 +67,20 @@ class Settings(BaseSettings):
         # twice (reliability.md §1.2, F6).
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError("task_time_limit_s must be below visibility_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed_https(self) -> Settings:
+        for url in self.webhook_urls:
+            parsed = TypeAdapter(AnyHttpUrl).validate_python(url)
+            if len(url) > MAX_WEBHOOK_URL_CHARS:
+                raise ValueError(
+                    f"webhook_urls: a URL is longer than {MAX_WEBHOOK_URL_CHARS} chars"
+                )
+            if parsed.scheme != "https" and parsed.host not in LOOPBACK_HOSTS:
+                raise ValueError("webhook_urls: use https (http only to loopback)")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhook_urls need a webhook_secret to sign the bodies")
         return self
 
 

@@ -47,10 +47,14 @@ from sqlalchemy import Engine
 
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
+from crsmon.services.monitoring import AlertPolicy
+from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import Settings, load_settings
 from workers.jobs import GradingContext
 
 GRADE_TASK = "crsmon.grade_patient"
+CHECK_TASK = "crsmon.check_patient"
+DELIVER_TASK = "crsmon.deliver_webhooks"
 SWEEP_TASK = "crsmon.sweep"
 QUEUE = "crsmon.grading"
 
@@ -89,7 +93,8 @@ class CrsmonCelery(Celery):
                 sessions=make_sessions(engine),
                 rules=resolve_rule_set(settings.rule_set),
                 max_attempts=settings.max_grading_attempts,
-                stale_after_h=settings.stale_monitoring_h,
+                policy=AlertPolicy.from_settings(settings),
+                webhooks=WebhookPolicy.from_settings(settings),
             )
             self._runtime = Runtime(engine, context)
         return self._runtime

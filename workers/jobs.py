@@ -46,6 +46,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from crsmon.db.models import ClinicalRecord, Patient
 from crsmon.domain.rules import RuleSet
 from crsmon.services.grading import GradingRun, grade_patient
+from crsmon.services.monitoring import (
+    AlertPolicy,
+    patients_gone_quiet,
+    patients_pending_since,
+)
+from crsmon.services.webhooks import WebhookPolicy
 
 PENDING = "pending"
 GRADED = "graded"
@@ -64,7 +70,8 @@ class GradingContext:
     sessions: sessionmaker[Session]
     rules: RuleSet
     max_attempts: int
-    stale_after_h: float
+    policy: AlertPolicy
+    webhooks: WebhookPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +224,7 @@ def grade_pending(
                 patient_id,
                 ctx.rules,
                 now=now or datetime.now(UTC),
-                stale_after_h=ctx.stale_after_h,
+                policy=ctx.policy,
             )
             if before_commit is not None:
                 before_commit(patient_id)
@@ -225,6 +232,38 @@ def grade_pending(
         _record_failure_quietly(ctx, patient_id, exc)
         raise
     return JobResult(patient_id, counted, run)
+
+
+def check_patient(
+    ctx: GradingContext, patient_id: int, *, now: datetime | None = None
+) -> GradingRun:
+    """Grade a patient as of ``now`` whether or not a record is pending.
+
+    The sweep sends this for a patient who has gone quiet: no record arrives to
+    trigger grading, yet the open gap's ``stale_monitoring`` alert is due.
+    Idempotent like every grading run (unique keys on grades and alerts).
+
+    Raises:
+        Exception: whatever grading raised, after it was recorded in the database.
+    """
+    try:
+        with ctx.sessions.begin() as session:
+            return grade_patient(
+                session,
+                patient_id,
+                ctx.rules,
+                now=now or datetime.now(UTC),
+                policy=ctx.policy,
+            )
+    except Exception as exc:
+        _record_failure_quietly(ctx, patient_id, exc)
+        raise
+
+
+def quiet_patients(ctx: GradingContext, *, now: datetime, limit: int) -> list[int]:
+    """Patients whose open stale-monitoring gap has no alert yet (bounded)."""
+    with ctx.sessions() as session:
+        return patients_gone_quiet(session, now=now, policy=ctx.policy, limit=limit)
 
 
 def _record_failure_quietly(
@@ -239,22 +278,5 @@ def _record_failure_quietly(
 def stale_patients(
     sessions: sessionmaker[Session], *, older_than: datetime, limit: int
 ) -> list[int]:
-    """Patients with a record still pending since before ``older_than``.
-
-    Oldest first, at most ``limit`` patients, so one sweep stays bounded and the
-    longest-waiting patients go first.
-    """
-    with sessions() as session:
-        oldest = func.min(ClinicalRecord.recorded_at)
-        return list(
-            session.scalars(
-                select(ClinicalRecord.patient_id)
-                .where(
-                    ClinicalRecord.grading_state == PENDING,
-                    ClinicalRecord.recorded_at < older_than,
-                )
-                .group_by(ClinicalRecord.patient_id)
-                .order_by(oldest, ClinicalRecord.patient_id)
-                .limit(limit)
-            )
-        )
+    """Patients with a record still pending since before ``older_than`` (bounded)."""
+    return patients_pending_since(sessions, older_than=older_than, limit=limit)

@@ -4,9 +4,16 @@
   record; it grades every pending record of that patient (``jobs.grade_pending``).
   Messages carry the patient's surrogate id only: no clinical values in Redis
   or in Celery's logs.
+- ``crsmon.check_patient(patient_id)``: grade a patient as of now though
+  nothing is pending: the sweep sends it for a patient gone quiet, whose open
+  stale-monitoring gap is due an alert.
+- ``crsmon.deliver_webhooks()``: send the due webhook pushes of severe alerts
+  (:mod:`crsmon.services.webhooks`); sent after a run that raised one, and by
+  every sweep so retries happen on their backoff schedule.
 - ``crsmon.sweep()``: run by beat every ``sweep_interval_s``; re-enqueues
   patients with records pending for longer than ``sweep_pending_after_s``, so
-  losing every Redis message costs latency, never data.
+  losing every Redis message costs latency, never data; checks for patients
+  gone quiet; and triggers webhook delivery.
 
 Failures. A transient database error (connection lost, lock or serialization
 conflict, SQLite busy) is retried up to :data:`MAX_TRANSIENT_RETRIES` times with
@@ -27,14 +34,31 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task, shared_task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from workers.celery_app import GRADE_TASK, SWEEP_TASK, CrsmonCelery
-from workers.jobs import grade_pending, stale_patients
+from crsmon.domain.alerts import AlertDecision
+from crsmon.services.webhooks import deliver_due
+from crsmon.settings import Settings
+from workers.celery_app import (
+    CHECK_TASK,
+    DELIVER_TASK,
+    GRADE_TASK,
+    SWEEP_TASK,
+    CrsmonCelery,
+    soft_time_limit,
+)
+from workers.jobs import (
+    GradingContext,
+    check_patient,
+    grade_pending,
+    quiet_patients,
+    stale_patients,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,29 +121,100 @@ def crsmon_app(app: Celery) -> CrsmonCelery:
 @shared_task(bind=True, name=GRADE_TASK, max_retries=MAX_TRANSIENT_RETRIES)
 def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
     """Grade every pending record of one patient (idempotent; ids only)."""
-    context = crsmon_app(self.app).runtime().context
+    app = crsmon_app(self.app)
+    context = app.runtime().context
     try:
         result = grade_pending(context, patient_id, before_commit=test_only_delay)
     except Exception as exc:
-        failure = GradingFailed.of(patient_id, exc)
-        if is_transient(exc) and self.request.retries < MAX_TRANSIENT_RETRIES:
-            countdown = 2**self.request.retries
-            raise self.retry(exc=failure, countdown=countdown) from None
-        raise failure from None
+        _retry_or_fail(self, patient_id, exc)
+    if result.run is not None:
+        _push_if_severe(app, context, result.run.alerts_raised)
     return result.summary()
+
+
+def _retry_or_fail(task: Task[Any, Any], patient_id: int, exc: Exception) -> NoReturn:
+    failure = GradingFailed.of(patient_id, exc)
+    if is_transient(exc) and task.request.retries < MAX_TRANSIENT_RETRIES:
+        countdown = 2**task.request.retries
+        raise task.retry(exc=failure, countdown=countdown) from None
+    raise failure from None
+
+
+def _push_if_severe(
+    app: Celery, context: GradingContext, raised: Iterable[AlertDecision]
+) -> None:
+    """Ask for webhook delivery now when a run raised a push alert."""
+    if context.webhooks is not None and any(d.push for d in raised):
+        _publish(app, DELIVER_TASK)
+
+
+def _publish(app: Celery, name: str, *args: int) -> bool:
+    """Send one message; a broker error is logged, never raised (the DB has it)."""
+    try:
+        app.tasks[name].delay(*args)
+    except Exception as exc:
+        logger.warning("broker unavailable (%s): %s not sent", type(exc).__name__, name)
+        return False
+    return True
+
+
+@shared_task(bind=True, name=CHECK_TASK, max_retries=MAX_TRANSIENT_RETRIES)
+def check_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
+    """Grade a quiet patient as of now (raises a due stale-monitoring alert once)."""
+    app = crsmon_app(self.app)
+    context = app.runtime().context
+    try:
+        run = check_patient(context, patient_id)
+    except Exception as exc:
+        _retry_or_fail(self, patient_id, exc)
+    _push_if_severe(app, context, run.alerts_raised)
+    return {"patient_id": patient_id, "alerts_raised": len(run.alerts_raised)}
+
+
+def deliveries_per_task(settings: Settings) -> int:
+    """How many pushes one task may try: all of them fit in its soft time limit."""
+    return max(1, int(soft_time_limit(settings) // (settings.webhook_timeout_s + 1)))
+
+
+@shared_task(bind=True, name=DELIVER_TASK)
+def deliver_webhooks_task(self: Task[Any, Any]) -> dict[str, int]:
+    """Send the webhook pushes that are due (bounded batch; the rest next time)."""
+    app = crsmon_app(self.app)
+    context = app.runtime().context
+    if context.webhooks is None:
+        return {"attempted": 0}
+    report = deliver_due(
+        context.sessions,
+        context.webhooks,
+        clock=lambda: datetime.now(UTC),
+        limit=deliveries_per_task(app.crsmon_settings),
+    )
+    return asdict(report)
 
 
 @shared_task(bind=True, name=SWEEP_TASK)
 def sweep(self: Task[Any, Any]) -> dict[str, int]:
-    """Re-enqueue patients whose records have waited too long (bounded batch)."""
+    """Re-enqueue waiting and quiet patients, and trigger webhook delivery."""
     app = crsmon_app(self.app)
     settings = app.crsmon_settings
-    cutoff = datetime.now(UTC) - timedelta(seconds=settings.sweep_pending_after_s)
-    sessions = app.runtime().context.sessions
-    patients = stale_patients(sessions, older_than=cutoff, limit=SWEEP_BATCH_PATIENTS)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=settings.sweep_pending_after_s)
+    context = app.runtime().context
+    patients = stale_patients(
+        context.sessions, older_than=cutoff, limit=SWEEP_BATCH_PATIENTS
+    )
     dispatcher = CeleryDispatcher(app)
     dispatcher.notify(patients)
-    return {"stale_patients": len(patients), "published": dispatcher.published}
+    quiet = quiet_patients(context, now=now, limit=SWEEP_BATCH_PATIENTS)
+    checks = sum(_publish(app, CHECK_TASK, pid) for pid in quiet)
+    delivery = context.webhooks is not None and _publish(app, DELIVER_TASK)
+    return {
+        "stale_patients": len(patients),
+        "published": dispatcher.published,
+        "quiet_patients": len(quiet),
+        "checks_published": checks,
+        "delivery_requested": int(delivery),
+    }
 
 
 class CeleryDispatcher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query
 from pydantic import AwareDatetime
@@ -15,12 +16,27 @@ from crsmon.api.queries import (
     AlertNotOpenError,
     UnknownAlertError,
     acknowledge_alert,
+    alert_with_deliveries,
     list_alerts,
 )
-from crsmon.api.schemas import AcknowledgeIn, AlertOut, AlertPage, ErrorBody
+from crsmon.api.schemas import (
+    AcknowledgeIn,
+    AlertDetailOut,
+    AlertOut,
+    AlertPage,
+    DeliveryOut,
+    ErrorBody,
+)
 from crsmon.domain.alerts import AlertKind
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, without credentials, path or query."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
 
 
 @router.get("", response_model=AlertPage)
@@ -47,6 +63,33 @@ def get_alerts(
     rows, total = list_alerts(session, where, limit=limit, offset=offset)
     items = [AlertOut.of(alert, pseudonym) for alert, pseudonym in rows]
     return AlertPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/{alert_id}",
+    response_model=AlertDetailOut,
+    responses={404: {"model": ErrorBody, "description": "No alert with this id."}},
+)
+def get_alert(
+    alert_id: Annotated[int, Path(ge=1)], session: SessionDep
+) -> AlertDetailOut:
+    """One alert, with the record of its webhook pushes."""
+    try:
+        alert, pseudonym, deliveries = alert_with_deliveries(session, alert_id)
+    except UnknownAlertError as exc:
+        raise ApiError(404, "alert_id", "no such alert") from exc
+    settled = [
+        DeliveryOut.model_validate(
+            {
+                **{k: getattr(d, k) for k in DeliveryOut.model_fields if k != "target"},
+                "target": _origin(d.url),
+                "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
+            }
+        )
+        for d in deliveries
+    ]
+    base = AlertOut.of(alert, pseudonym).model_dump()
+    return AlertDetailOut(**base, deliveries=settled)
 
 
 @router.post(

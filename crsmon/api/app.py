@@ -18,18 +18,22 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon import __version__
 from crsmon.api import alerts, operations, patients, records
 from crsmon.api.deps import AppContext
-from crsmon.api.errors import validation_error
+from crsmon.api.errors import database_unavailable, validation_error
 from crsmon.api.limits import BodyLimit
 from crsmon.api.metrics import app_metrics
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
 from crsmon.services.dispatch import Dispatcher, InProcessDispatcher
+from crsmon.services.monitoring import AlertPolicy
+from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import Settings, load_settings
 
 DispatcherFactory = Callable[[sessionmaker[Session], Settings], Dispatcher]
@@ -67,7 +71,12 @@ def default_dispatcher(
 
         return CeleryDispatcher(make_celery(settings))
     rules = resolve_rule_set(settings.rule_set)
-    return InProcessDispatcher(sessions, rules, settings.stale_monitoring_h)
+    return InProcessDispatcher(
+        sessions,
+        rules,
+        AlertPolicy.from_settings(settings),
+        webhooks=WebhookPolicy.from_settings(settings),
+    )
 
 
 class CrsmonAPI(FastAPI):
@@ -120,6 +129,9 @@ def create_app(
     app.state.crsmon = context
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(PoolTimeout, database_unavailable)
     for module in (records, patients, alerts, operations):
         app.include_router(module.router)
     return app

@@ -64,3 +64,22 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         for e in errors
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+RETRY_AFTER_S = 5
+"""What a 503 asks the client to wait before it resends (same key: stored once)."""
+
+
+async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The database is down or busy: 503 with ``Retry-After``, never a 500 trace.
+
+    Nothing was committed (the transaction rolled back with the error), so the
+    sender can resend the same records with the same keys; each is stored once.
+    The driver's message is not sent (it may name hosts or hold SQL).
+    """
+    reason = f"database unavailable ({type(exc).__name__}): nothing was stored; retry"
+    return JSONResponse(
+        {"detail": [{"field": "$", "reason": reason}]},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

@@ -9,6 +9,7 @@ and says so (``crsmon_database_up 0``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +20,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.api.queries import metrics_snapshot
+from crsmon.api.queries import LAG_WINDOW, metrics_snapshot
 from crsmon.domain.alerts import AlertKind
 
 logger = logging.getLogger(__name__)
 
 STATUSES = ("stored", "duplicate", "refused", "conflict")
-GRADING_STATES = ("pending", "graded")
+GRADING_STATES = ("pending", "graded", "failed")
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class DatabaseCollector(Collector):
         )
         try:
             with self.sessions() as session:
-                snap = metrics_snapshot(session)
+                snap = metrics_snapshot(session, datetime.now(UTC))
         except SQLAlchemyError:
             logger.exception("metrics: the database did not answer")
             up.add_metric([], 0)
@@ -117,3 +119,37 @@ class DatabaseCollector(Collector):
             "Refused records kept in quarantine for review.",
             value=snap.quarantined,
         )
+        yield from _lag_metrics(snap.grading_lags_s)
+        deliveries = GaugeMetricFamily(
+            "crsmon_webhook_deliveries",
+            "Webhook pushes of severe alerts by status (failed: out of attempts).",
+            labels=["status"],
+        )
+        statuses = dict.fromkeys(DELIVERY_STATUSES, 0) | snap.deliveries_by_status
+        for status, n in sorted(statuses.items()):
+            deliveries.add_metric([status], n)
+        yield deliveries
+
+
+def _lag_metrics(lags: list[float]) -> Iterator[GaugeMetricFamily]:
+    """Grading lag (storage to grading) of the records graded in the last window."""
+    window = int(LAG_WINDOW.total_seconds())
+    yield GaugeMetricFamily(
+        "crsmon_records_graded_recently",
+        f"Records graded in the last {window} s.",
+        value=len(lags),
+    )
+    lag = GaugeMetricFamily(
+        "crsmon_grading_lag_seconds",
+        f"Seconds from storing a record to grading it, over the records graded in "
+        f"the last {window} s (mean, p95, max; 0 when none).",
+        labels=["stat"],
+    )
+    ordered = sorted(lags)
+    stats = {"mean": 0.0, "p95": 0.0, "max": 0.0}
+    if ordered:
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        stats = {"mean": sum(ordered) / len(ordered), "p95": p95, "max": ordered[-1]}
+    for stat, value in stats.items():
+        lag.add_metric([stat], value)
+    yield lag

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Select, and_, func, select, update
@@ -26,6 +26,7 @@ from crsmon.db.models import (
     Patient,
     QuarantinedRecord,
     UnitStay,
+    WebhookDelivery,
 )
 from crsmon.domain.records import Quantity
 
@@ -82,6 +83,13 @@ class MetricsSnapshot:
     oldest_pending_at: datetime | None
     open_alerts_by_kind: dict[str, int]
     quarantined: int
+    grading_lags_s: list[float]
+    """Seconds from storage to grading of the records graded in the lag window."""
+    deliveries_by_status: dict[str, int]
+
+
+LAG_WINDOW = timedelta(minutes=15)
+LAG_SAMPLE = 10_000
 
 
 def _latest_ids(rule_set: str, patient_ids: Sequence[int]) -> Select[int]:
@@ -266,7 +274,28 @@ def acknowledge_alert(
     return row[0], row[1]
 
 
-def metrics_snapshot(session: Session) -> MetricsSnapshot:
+def alert_with_deliveries(
+    session: Session, alert_id: int
+) -> tuple[Alert, str, list[WebhookDelivery]]:
+    """An alert, its patient's pseudonym and its webhook deliveries (by URL).
+
+    Raises:
+        UnknownAlertError: no such alert.
+    """
+    row = session.execute(
+        select(Alert, Patient.pseudonym).join(Patient).where(Alert.id == alert_id)
+    ).one_or_none()
+    if row is None:
+        raise UnknownAlertError("alert: no such alert")
+    deliveries = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.alert_id == alert_id)
+        .order_by(WebhookDelivery.url)
+    ).all()
+    return row[0], row[1], list(deliveries)
+
+
+def metrics_snapshot(session: Session, now: datetime) -> MetricsSnapshot:
     """Counts and ages for /metrics, read in one short session."""
     states = session.execute(
         select(ClinicalRecord.grading_state, func.count()).group_by(
@@ -284,4 +313,25 @@ def metrics_snapshot(session: Session) -> MetricsSnapshot:
         .group_by(Alert.kind)
     ).all()
     quarantined = session.scalar(select(func.count()).select_from(QuarantinedRecord))
-    return MetricsSnapshot(dict(states), oldest, dict(alerts), quarantined or 0)
+    graded = session.execute(
+        select(ClinicalRecord.recorded_at, ClinicalRecord.graded_at)
+        .where(ClinicalRecord.graded_at >= now - LAG_WINDOW)
+        .order_by(ClinicalRecord.graded_at.desc())
+        .limit(LAG_SAMPLE)
+    ).all()
+    lags = [
+        max((graded_at - recorded_at).total_seconds(), 0.0)
+        for recorded_at, graded_at in graded
+        if graded_at is not None  # the query asks for graded_at >= now - window
+    ]
+    deliveries = session.execute(
+        select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+    ).all()
+    return MetricsSnapshot(
+        dict(states),
+        oldest,
+        dict(alerts),
+        quarantined or 0,
+        lags,
+        dict(deliveries),
+    )

@@ -35,6 +35,7 @@ from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.rules import RuleSet
 from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import Outcome, ingest_text
+from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import load_settings
 from crsmon.synth import SOURCE_SYSTEM, FeedLine, SyntheticFeed, build_feed
 
@@ -57,10 +58,10 @@ class ReplayDispatcher(InProcessDispatcher):
         self,
         sessions: sessionmaker[Session],
         rules: RuleSet,
-        stale_after_h: float,
+        policy: AlertPolicy,
         at: datetime,
     ) -> None:
-        super().__init__(sessions, rules, stale_after_h, clock=lambda: self.at)
+        super().__init__(sessions, rules, policy, clock=lambda: self.at)
         self.at = at
 
     def grade_at(self, patient_ids: Iterable[int], at: datetime) -> None:
@@ -162,7 +163,7 @@ def run_demo(
     seed: int,
     grade_every: timedelta | None,
     rules: RuleSet,
-    stale_after_h: float,
+    policy: AlertPolicy,
 ) -> DemoRun:
     """Build the feed ending at ``now``, replay it into a new database, grade it."""
     started = time.perf_counter()
@@ -174,7 +175,7 @@ def run_demo(
     engine = make_engine(url)
     try:
         sessions = make_sessions(engine)
-        dispatcher = ReplayDispatcher(sessions, rules, stale_after_h, feed.now)
+        dispatcher = ReplayDispatcher(sessions, rules, policy, feed.now)
         migrated = time.perf_counter()
         run.outcomes = replay(sessions, feed, dispatcher, grade_every)
         run.grading_runs = len(dispatcher.runs)
@@ -273,7 +274,7 @@ def demo(
         seed=seed,
         grade_every=timedelta(hours=grade_every),
         rules=resolve_rule_set(settings.rule_set),
-        stale_after_h=settings.stale_monitoring_h,
+        policy=AlertPolicy.from_settings(settings),
     )
     if save_feed is not None:
         save_feed.write_text(run.feed.ndjson(), encoding="utf-8")

@@ -15,6 +15,8 @@ from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.rules import RuleSet
 from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import ingest_text
+from crsmon.services.monitoring import AlertPolicy
+from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import load_settings
 
 
@@ -33,7 +35,8 @@ def ingest(file: IO[str]) -> None:
     try:
         counts, touched, alerts = _ingest_and_grade(
             make_sessions(engine), file, resolve_rule_set(settings.rule_set),
-            settings.stale_monitoring_h,
+            AlertPolicy.from_settings(settings),
+            WebhookPolicy.from_settings(settings),
         )  # fmt: skip
     finally:
         engine.dispose()
@@ -44,7 +47,11 @@ def ingest(file: IO[str]) -> None:
 
 
 def _ingest_and_grade(
-    sessions: sessionmaker[Session], file: IO[str], rules: RuleSet, stale_h: float
+    sessions: sessionmaker[Session],
+    file: IO[str],
+    rules: RuleSet,
+    policy: AlertPolicy,
+    webhooks: WebhookPolicy | None,
 ) -> tuple[Counter[str], set[int], int]:
     now = datetime.now(UTC)
     counts: Counter[str] = Counter()
@@ -58,7 +65,7 @@ def _ingest_and_grade(
             click.echo(f"line {line_no}: {outcome.error}", err=True)
         if outcome.patient_id is not None and outcome.status == "stored":
             touched.add(outcome.patient_id)
-    dispatcher = InProcessDispatcher(sessions, rules, stale_h)
+    dispatcher = InProcessDispatcher(sessions, rules, policy, webhooks=webhooks)
     dispatcher.notify(touched)
     alerts = sum(len(run.alerts_raised) for run in dispatcher.runs)
     return counts, touched, alerts

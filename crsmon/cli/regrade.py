@@ -12,6 +12,7 @@ from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.models import Patient
 from crsmon.domain.rules import RuleSet
 from crsmon.services.grading import grade_patient
+from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import load_settings
 
 
@@ -36,7 +37,7 @@ def regrade(rule_set: RuleSet) -> None:
                     patient_id,
                     rule_set,
                     now=datetime.now(UTC),
-                    stale_after_h=settings.stale_monitoring_h,
+                    policy=AlertPolicy.from_settings(settings),
                     live=False,
                 )
             written += run.grades_written

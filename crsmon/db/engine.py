@@ -46,7 +46,7 @@ def make_engine(url: str) -> Engine:
         url,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args={"connect_timeout": 5},
+        connect_args={"connect_timeout": 3},
     )
 
 

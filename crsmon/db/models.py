@@ -149,6 +149,8 @@ class ClinicalRecord(Base):
     grading_state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    graded_at: Mapped[datetime | None] = mapped_column(index=True)
+    """When a grading run took the record in (database clock, like recorded_at)."""
 
 
 class Grade(Base):
@@ -209,3 +211,32 @@ class QuarantinedRecord(Base):
     error: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One push of one alert to one webhook URL: an outbox row and its history.
+
+    Written in the transaction that raises the alert, so a push cannot be lost
+    between the alert and the HTTP call; the deliverer claims due rows, posts,
+    and records each attempt (reliability.md §1.4.2). ``status`` is
+    ``pending`` (waiting for ``next_attempt_at``), ``delivered`` or ``failed``
+    (out of attempts: visible, never silently dropped).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "url"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -18,6 +18,7 @@ from itertools import groupby, pairwise
 
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.explain import num
+from crsmon.domain.quality import GRADED_PLAUSIBILITY_FIELDS
 from crsmon.domain.results import CrsCourse, EpisodeResult, FlagKind, ObservationGrade
 from crsmon.domain.snapshot import Episode
 
@@ -77,6 +78,36 @@ class RiskSignal:
     def high(self) -> bool:
         """The prediction reaches its threshold."""
         return self.probability >= self.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFlag:
+    """A data-quality flag the intake stored on one record (grading.md §4.4).
+
+    Values the grader reads (temperature, blood pressure, SpO2) are judged again
+    by the grader, with the patient's age; flags on the other fields (labs,
+    heart and respiratory rate) reach an alert only this way.
+    """
+
+    record_id: str
+    t_hours: float
+    field: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaleGap:
+    """A stretch of monitored time with no temperature or blood pressure."""
+
+    start_h: float
+    end_h: float
+    open: bool
+    """The gap still runs at ``as_of`` (no later measurement yet)."""
+
+    @property
+    def dedup_key(self) -> str:
+        """``stale_monitoring:gap@<start>``: one alert per gap, however long it runs."""
+        return f"{AlertKind.STALE_MONITORING}:gap@{num(self.start_h)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,28 +204,48 @@ def decide_alerts(
     as_of_h: float | None = None,
     stale_after_h: float = 8.0,
     monitoring_days: float = 14.0,
+    monitored_h: Sequence[tuple[float, float]] | None = None,
+    record_flags: Sequence[RecordFlag] = (),
     risk_signals: Sequence[RiskSignal] = (),
 ) -> tuple[AlertDecision, ...]:
     """The alerts a graded episode calls for, in time order, each with its dedup key.
 
+    ``monitored_h`` are the (start, end) hours since infusion when the patient was
+    under inpatient monitoring (care-unit stays, ended by discharge or death);
+    None means all the time. Stale-monitoring gaps count only monitored time.
+
     Raises:
         ValueError: a stale setting is out of range, or the rule set is unknown.
     """
-    if not (stale_after_h > 0 and monitoring_days >= 0):
-        raise ValueError("stale_after_h must be positive, monitoring_days >= 0")
     by_time = groupby(result.observations, key=lambda o: o.t_hours)
     moments = tuple(tuple(group) for _, group in by_time)
     window = resolve_rule_set(result.rule_set).resolution_window_h
     ctx = _Context(result, moments, window, record_ids or {}, field_sources or {})
     found = [*_grade_alerts(ctx), *_quality_alerts(ctx)]
+    found += _record_flag_alerts(result.rule_set, record_flags)
     for kind in _FLAG_ALERTS:
         found += _flag_alerts(ctx, kind)
-    found += _stale_alerts(
-        result.rule_set, vital_times_h, as_of_h, stale_after_h, monitoring_days * 24
+    gaps = stale_gaps(
+        vital_times_h,
+        as_of_h=as_of_h,
+        stale_after_h=stale_after_h,
+        monitoring_days=monitoring_days,
+        monitored_h=monitored_h,
+    )
+    found += (
+        _stale_decision(result.rule_set, g, stale_after_h, monitoring_days * 24)
+        for g in gaps
     )
     found += _risk_alerts(result.rule_set, risk_signals)
     found.sort(key=lambda d: (d.t_hours, _KIND_ORDER[d.kind], d.dedup_key))
-    return tuple(found)
+    # A grader flag and an intake flag on the same record and field are one alert.
+    seen: set[tuple[AlertKind, str]] = set()
+    unique = []
+    for d in found:
+        if (d.kind, d.dedup_key) not in seen:
+            seen.add((d.kind, d.dedup_key))
+            unique.append(d)
+    return tuple(unique)
 
 
 def vital_sign_times(episode: Episode) -> tuple[float, ...]:
@@ -268,30 +319,88 @@ def _quality_alerts(ctx: _Context) -> Iterator[AlertDecision]:
                 )
 
 
-def _stale_alerts(
-    rule_set: str,
+def stale_gaps(
     vital_times_h: Sequence[float],
+    *,
     as_of_h: float | None,
-    after_h: float,
-    window_end_h: float,
-) -> Iterator[AlertDecision]:
-    """Gaps in temperature and blood pressure over ``after_h``, within the window."""
-    # Infusion opens the first gap; "now" closes the last one, still open.
+    stale_after_h: float = 8.0,
+    monitoring_days: float = 14.0,
+    monitored_h: Sequence[tuple[float, float]] | None = None,
+) -> tuple[StaleGap, ...]:
+    """Monitored stretches longer than ``stale_after_h`` without temperature or BP.
+
+    Counted from infusion (which opens the first gap) to ``as_of_h`` ("now",
+    which closes the last one, still open), within the first ``monitoring_days``
+    and, when given, within the monitored (start, end) spans. Spans that touch
+    or overlap are one span (a transfer between units does not stop the clock);
+    a gap split by a discharge is judged per span, so a readmission starts its
+    own gap.
+
+    Raises:
+        ValueError: a setting is out of range.
+    """
+    if not (stale_after_h > 0 and monitoring_days >= 0):
+        raise ValueError("stale_after_h must be positive, monitoring_days >= 0")
+    window_end = monitoring_days * 24
     points = sorted({0.0, *(t for t in vital_times_h if t >= 0)})
     now = as_of_h if as_of_h is not None and as_of_h > points[-1] else None
+    spans = [(0.0, math.inf)] if monitored_h is None else _merged(monitored_h)
+    found = []
     for start, stop in pairwise(points if now is None else [*points, now]):
-        end = min(stop, window_end_h)
-        if end - start <= after_h:
+        for span_start, span_end in spans:
+            lo, hi = max(start, span_start), min(stop, span_end, window_end)
+            if hi - lo > stale_after_h:
+                is_open = stop == now and hi == now
+                found.append(StaleGap(lo, hi, is_open))
+    return tuple(found)
+
+
+def _merged(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted spans with touching or overlapping ones joined."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _stale_decision(
+    rule_set: str, gap: StaleGap, after_h: float, window_h: float
+) -> AlertDecision:
+    end = num(gap.end_h)
+    until = f"up to {end} h (now)" if gap.open else f"until {end} h"
+    text = (
+        f"no temperature or blood pressure recorded from {num(gap.start_h)} h "
+        f"{until}: {num(gap.end_h - gap.start_h)} h > {after_h:g} h, within the "
+        f"first {num(window_h)} h after infusion"
+    )
+    kind = AlertKind.STALE_MONITORING
+    return AlertDecision(
+        kind, Severity.WARNING, gap.dedup_key, gap.start_h, None, rule_set, (text,)
+    )
+
+
+def _record_flag_alerts(
+    rule_set: str, flags: Sequence[RecordFlag]
+) -> Iterator[AlertDecision]:
+    """Intake flags on fields the grader does not judge: once per record and field."""
+    messages: dict[tuple[str, str], list[str]] = {}
+    first: dict[tuple[str, str], RecordFlag] = {}
+    for flag in flags:
+        if flag.field in GRADED_PLAUSIBILITY_FIELDS:
             continue
-        until = f"up to {num(end)} h (now)" if stop == now else f"until {num(end)} h"
-        text = (
-            f"no temperature or blood pressure recorded from {num(start)} h "
-            f"{until}: {num(end - start)} h > {after_h:g} h, within the first "
-            f"{num(window_end_h)} h after infusion"
+        at = (flag.record_id, flag.field)
+        first.setdefault(at, flag)
+        messages.setdefault(at, []).append(flag.message)
+    for (rid, name), flag in first.items():
+        kind = AlertKind.DATA_QUALITY
+        key = f"{kind}:record={rid}:{name}"
+        why = tuple(messages[rid, name])
+        yield AlertDecision(
+            kind, Severity.INFO, key, flag.t_hours, None, rule_set, why, rid
         )
-        kind = AlertKind.STALE_MONITORING
-        key = f"{kind}:gap@{num(start)}"
-        yield AlertDecision(kind, Severity.WARNING, key, start, None, rule_set, (text,))
 
 
 def _risk_alerts(

@@ -52,6 +52,12 @@ def check_flow(
         )
 
 
+GRADED_PLAUSIBILITY_FIELDS = frozenset(
+    {"temperature_c", "sbp_mmhg", "dbp_mmhg", "map_mmhg", "spo2_pct"}
+)
+"""Fields :func:`check_plausibility` judges in every graded snapshot (with age)."""
+
+
 def check_plausibility(a: Assessment, ex: Explanation) -> None:
     """§4.4 flag column: grade from extreme values, and ask for confirmation."""
     values = {

@@ -10,6 +10,7 @@ every pending record.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -19,6 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon.domain.rules import RuleSet
 from crsmon.services.grading import GradingRun, grade_patient
+from crsmon.services.monitoring import AlertPolicy
+from crsmon.services.webhooks import DeliveryReport, WebhookPolicy, deliver_due
+
+logger = logging.getLogger(__name__)
+
+
+def wall_clock() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(UTC)
 
 
 class Dispatcher(Protocol):
@@ -29,18 +39,25 @@ class Dispatcher(Protocol):
 
 
 class InProcessDispatcher:
-    """Grades each patient immediately, in its own transaction."""
+    """Grades each patient immediately, in its own transaction.
+
+    With a webhook policy, the pushes a run raised are sent right after its
+    commit (failed ones wait for the next ``crsmon sweep``).
+    """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         rules: RuleSet,
-        stale_after_h: float,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        policy: AlertPolicy,
+        clock: Callable[[], datetime] = wall_clock,
+        webhooks: WebhookPolicy | None = None,
     ) -> None:
         self.sessions = sessions
         self.rules = rules
-        self.stale_after_h = stale_after_h
+        self.policy = policy
+        self.webhooks = webhooks
+        self.deliveries: deque[DeliveryReport] = deque(maxlen=1000)
         # A replay grades as of its own feed time, not the wall clock.
         self.clock = clock
         # The latest runs only: a long-running server must not grow without bound.
@@ -55,6 +72,18 @@ class InProcessDispatcher:
                     patient_id,
                     self.rules,
                     now=self.clock(),
-                    stale_after_h=self.stale_after_h,
+                    policy=self.policy,
                 )
             self.runs.append(run)
+            if self.webhooks is not None and any(d.push for d in run.alerts_raised):
+                self._push(self.webhooks, len(run.alerts_raised))
+
+    def _push(self, webhooks: WebhookPolicy, alerts: int) -> None:
+        """Send this run's pushes now; a failure waits for the next sweep."""
+        limit = alerts * len(webhooks.urls)
+        try:
+            report = deliver_due(self.sessions, webhooks, clock=wall_clock, limit=limit)
+        except Exception as exc:  # the rows are stored: `crsmon sweep` retries
+            logger.warning("webhook delivery deferred (%s)", type(exc).__name__)
+            return
+        self.deliveries.append(report)

@@ -19,12 +19,19 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
-from crsmon.db.models import Alert, ClinicalRecord, Grade, Patient
-from crsmon.db.repository import content_hash, load_timeline
-from crsmon.domain.alerts import AlertDecision, decide_alerts
+from crsmon.db.models import (
+    Alert,
+    ClinicalRecord,
+    Grade,
+    Patient,
+    UnitStay,
+    WebhookDelivery,
+)
+from crsmon.db.repository import content_hash, current_records, timeline_from
+from crsmon.domain.alerts import AlertDecision, RecordFlag, decide_alerts
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.records import BLOOD_PRESSURE, PatientTimeline, Quantity
 from crsmon.domain.results import ObservationGrade
@@ -36,6 +43,7 @@ from crsmon.domain.state import (
     hours_since_infusion,
 )
 from crsmon.presenters import flag_details
+from crsmon.services.monitoring import AlertPolicy, monitored_spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +93,22 @@ def grade_patient(
     rules: RuleSet,
     *,
     now: datetime,
-    stale_after_h: float,
+    policy: AlertPolicy,
     state: StateSettings | None = None,
     live: bool = True,
 ) -> GradingRun:
     """Grade a patient's history up to ``now`` and write what is new (idempotent).
 
+    Alerts of a push kind get one webhook delivery row per configured URL, in
+    the same transaction (the outbox :mod:`crsmon.services.webhooks` sends).
     ``live=False`` regrades under another rule set: grade rows only, beside the
     live ones; no alerts and no change to the records' grading state.
     """
     patient = session.get(Patient, patient_id, with_for_update=True)
     if patient is None:
         raise LookupError(f"patient {patient_id} does not exist")
-    timeline = load_timeline(session, patient)
+    records = current_records(session, patient_id)
+    timeline = timeline_from(patient, records)
     latest = max((r.occurred_at for r in _pending(session, patient_id)), default=now)
     until = max(now, latest)  # a record a few minutes ahead of the server clock
     graded_before = session.scalars(
@@ -110,25 +121,53 @@ def grade_patient(
     )
     result = grade_episode(episode, rules)
     written = _write_grades(session, patient_id, rules, result.observations, snapshots)
+    if not live:
+        return GradingRun(written, (), 0)
+    stays = session.scalars(select(UnitStay).where(UnitStay.patient_id == patient_id))
+    died_at = None if timeline.death is None else timeline.death.died_at
     decisions = decide_alerts(
         result,
         field_sources={i: dict(s.sources) for i, s in enumerate(snapshots)},
         vital_times_h=vital_times_h(timeline),
         as_of_h=hours_since_infusion(timeline, now),
-        stale_after_h=stale_after_h,
+        stale_after_h=policy.stale_after_h,
+        monitoring_days=policy.monitoring_days,
+        monitored_h=monitored_spans(patient.infusion_at, list(stays), died_at),
+        record_flags=record_flags(timeline, records),
     )
-    if not live:
-        return GradingRun(written, (), 0)
-    raised = _raise_alerts(session, patient, decisions)
+    raised = _raise_alerts(session, patient, decisions, policy.webhook_urls, now)
     graded = session.execute(  # an UPDATE: a cursor result with a row count
         update(ClinicalRecord)
         .where(
             ClinicalRecord.patient_id == patient_id,
             ClinicalRecord.grading_state == "pending",
         )
-        .values(grading_state="graded")
+        .values(grading_state="graded", graded_at=_database_now(session))
     )
     return GradingRun(written, raised, cast(CursorResult[Any], graded).rowcount)
+
+
+def _database_now(session: Session) -> Any:
+    """The database clock now (PostgreSQL's now() is the transaction's start)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.clock_timestamp()
+    return func.now()
+
+
+def record_flags(
+    timeline: PatientTimeline, records: list[ClinicalRecord]
+) -> list[RecordFlag]:
+    """The §4.4 flags the intake stored on the patient's current records."""
+    return [
+        RecordFlag(
+            record_id=str(r.id),
+            t_hours=hours_since_infusion(timeline, r.occurred_at),
+            field=flag["field"],
+            message=flag["message"],
+        )
+        for r in records
+        for flag in r.quality_flags
+    ]
 
 
 def _pending(session: Session, patient_id: int) -> Iterable[ClinicalRecord]:
@@ -184,7 +223,11 @@ def _write_grades(
 
 
 def _raise_alerts(
-    session: Session, patient: Patient, decisions: tuple[AlertDecision, ...]
+    session: Session,
+    patient: Patient,
+    decisions: tuple[AlertDecision, ...],
+    push_urls: tuple[str, ...],
+    now: datetime,
 ) -> tuple[AlertDecision, ...]:
     known = {
         (kind, key)
@@ -197,18 +240,23 @@ def _raise_alerts(
         if (str(d.kind), d.dedup_key) in known:
             continue
         known.add((str(d.kind), d.dedup_key))
-        session.add(
-            Alert(
-                patient_id=patient.id,
-                kind=str(d.kind),
-                severity=str(d.severity),
-                dedup_key=d.dedup_key,
-                triggered_at=_at(patient, d.t_hours),
-                grade=d.grade,
-                rule_set=d.rule_set,
-                reasons=list(d.reasons),
-            )
+        alert = Alert(
+            patient_id=patient.id,
+            kind=str(d.kind),
+            severity=str(d.severity),
+            dedup_key=d.dedup_key,
+            triggered_at=_at(patient, d.t_hours),
+            grade=d.grade,
+            rule_set=d.rule_set,
+            reasons=list(d.reasons),
         )
+        session.add(alert)
+        if d.push and push_urls:
+            session.flush()  # the alert's id, for its deliveries
+            session.add_all(
+                WebhookDelivery(alert_id=alert.id, url=url, next_attempt_at=now)
+                for url in push_urls
+            )
         raised.append(d)
     return tuple(raised)
 

@@ -192,6 +192,7 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
         "/v1/patients/{pseudonym}": {"get"},
         "/v1/patients/{pseudonym}/grades": {"get"},
         "/v1/alerts": {"get"},
+        "/v1/alerts/{alert_id}": {"get"},
         "/v1/alerts/{alert_id}/acknowledge": {"post"},
         "/health/live": {"get"},
         "/health/ready": {"get"},

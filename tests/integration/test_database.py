@@ -110,6 +110,49 @@ def test_migrations_downgrade_to_base_and_up_again(database_url: str) -> None:
     check(database_url)
 
 
+def test_upgrading_a_0001_database_keeps_its_records(database_url: str) -> None:
+    """A database of the first release, with data, upgrades to head intact.
+
+    Records stored before 0002 have no grading time (``graded_at`` is null);
+    they are neither re-graded nor lost.
+    """
+    from sqlalchemy import create_engine, text
+
+    upgrade(database_url, "0001")
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO patients (pseudonym, infusion_at) "
+                    "VALUES ('P-OLD', '2026-03-01 08:00:00+00:00')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO clinical_records (patient_id, kind, source_system, "
+                    "source_record_id, content_hash, occurred_at, quantity, value, "
+                    "details, quality_flags, grading_state, attempts) "
+                    "SELECT id, 'measurement', 'm', 'r1', 'h', "
+                    "'2026-03-01 10:00:00+00:00', 'temperature_c', 38.4, '{}', '[]', "
+                    "'graded', 1 FROM patients"
+                )
+            )
+    finally:
+        engine.dispose()
+    upgrade(database_url)
+    check(database_url)
+    from crsmon.db.engine import make_engine, make_sessions
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessions(engine)() as session:
+            (row,) = session.scalars(select(ClinicalRecord)).all()
+    finally:
+        engine.dispose()
+    assert (row.value, row.grading_state, row.graded_at) == (38.4, "graded", None)
+
+
 def test_utc_columns_render_as_plain_timestamps_in_migrations() -> None:
     """Autogenerate writes UtcDateTime as sa.DateTime(timezone=True), not a import."""
     from crsmon.db.migrate import render_item

@@ -20,9 +20,11 @@ from crsmon.domain import Episode, Treatment, grade_episode, resolve_rule_set
 from crsmon.domain.alerts import (
     AlertDecision,
     AlertKind,
+    RecordFlag,
     RiskSignal,
     Severity,
     decide_alerts,
+    stale_gaps,
     vital_sign_times,
 )
 from crsmon.domain.results import EpisodeResult
@@ -360,6 +362,93 @@ def test_open_gap_says_it_runs_up_to_now() -> None:
     assert "up to 20.0 h (now)" in open_gap.reasons[0]
     assert "until 22.0 h" in closed.reasons[0]
     assert open_gap.dedup_key == closed.dedup_key == "stale_monitoring:gap@4.0"
+
+
+MONITORED = """
+| case                          | vitals | as_of | spans        | gaps | open  |
+| no_spans_open_gap             | 0 4    | 13    |              | 4.0  | True  |
+| discharge_before_gap_is_long  | 0 4    | 30    | 0-10         |      |       |
+| gap_ends_at_discharge         | 0      | 30    | 0-20         | 0.0  | False |
+| readmission_starts_own_gap    | 0 4    | 40    | 0-6 20-inf   | 20.0 | True  |
+| short_stay_after_readmission  | 0 4    | 27    | 0-6 20-inf   |      |       |
+| death_ends_monitoring         | 0      | 100   | 0-12         | 0.0  | False |
+| gap_on_both_sides_of_a_break  | 0      | 40    | 0-10 20-inf  | 0.0 20.0 | False True |
+| window_end_closes_open_gap    | 0      | 400   |              | 0.0  | False |
+| span_before_infusion          | 4      | 10    | -24-inf      |      |       |
+| transfer_does_not_reset_clock | 0 4 10 | 24    | 0-17 17-inf  | 10.0 | True  |
+| overlapping_and_unsorted      | 0 4 10 | 24    | 12-inf 0-15  | 10.0 | True  |
+| nested_span                   | 0      | 30    | 0-25 5-10    | 0.0  | False |
+"""
+
+
+def _spans(text: str) -> list[tuple[float, float]] | None:
+    if not text:
+        return None
+    spans = []
+    for part in text.split():
+        start, end = re.fullmatch(r"(-?[\d.]+)-([\d.]+|inf)", part).groups()  # type: ignore[union-attr]
+        spans.append((float(start), float(end)))
+    return spans
+
+
+@cases(MONITORED)
+def test_stale_gaps_count_monitored_time_only(row: dict[str, str]) -> None:
+    """Discharge and death end monitored time; a readmission starts its own gap."""
+    gaps = stale_gaps(
+        [float(v) for v in row["vitals"].split()],
+        as_of_h=float(row["as_of"]),
+        monitored_h=_spans(row["spans"]),
+    )
+    assert [g.dedup_key for g in gaps] == [
+        f"stale_monitoring:gap@{g}" for g in row["gaps"].split()
+    ]
+    assert [str(g.open) for g in gaps] == row["open"].split()
+    result, _ = graded(QUIET)
+    decisions = decide_alerts(
+        result,
+        vital_times_h=[float(v) for v in row["vitals"].split()],
+        as_of_h=float(row["as_of"]),
+        monitored_h=_spans(row["spans"]),
+    )
+    assert [d.dedup_key for d in decisions] == [g.dedup_key for g in gaps]
+
+
+def test_stale_gaps_refuse_bad_settings() -> None:
+    """A zero threshold or a negative window cannot be meant."""
+    with pytest.raises(ValueError, match="must be positive"):
+        stale_gaps([0.0], as_of_h=10, stale_after_h=0)
+    with pytest.raises(ValueError, match="monitoring_days >= 0"):
+        stale_gaps([0.0], as_of_h=10, monitoring_days=-1)
+
+
+def test_intake_flags_raise_data_quality_once_per_record_and_field() -> None:
+    """Labs and pulse flagged at intake alert; graded vitals are left to the grader."""
+    result, _ = graded(QUIET)
+    flags = [
+        RecordFlag("17", 30.0, "ferritin_ng_ml", "ferritin_ng_ml is extreme"),
+        RecordFlag("17", 30.0, "ferritin_ng_ml", "second look"),
+        RecordFlag("18", 31.0, "heart_rate_per_min", "heart_rate_per_min extreme"),
+        RecordFlag("19", 32.0, "temperature_c", "judged by the grader with age"),
+    ]
+    decisions = decide_alerts(result, record_flags=flags)
+    assert [(d.dedup_key, d.record_id, d.t_hours) for d in decisions] == [
+        ("data_quality:record=17:ferritin_ng_ml", "17", 30.0),
+        ("data_quality:record=18:heart_rate_per_min", "18", 31.0),
+    ]
+    assert decisions[0].reasons == ("ferritin_ng_ml is extreme", "second look")
+    assert {(d.kind, d.severity, d.grade, d.push) for d in decisions} == {
+        (AlertKind.DATA_QUALITY, Severity.INFO, None, False)
+    }
+
+
+def test_grader_and_intake_flags_on_one_field_are_one_alert() -> None:
+    """The same record and field flagged twice gives one alert, the grader's."""
+    result, records = graded(QUALITY)
+    flag = RecordFlag("c", 14.0, "oxygen.flow_l_min", "intake flag")
+    grader_only = decide_alerts(result, record_ids=records)
+    both = decide_alerts(result, record_ids=records, record_flags=[flag])
+    assert both == grader_only
+    assert "intake flag" not in {why for d in both for why in d.reasons}
 
 
 RISK = """

@@ -20,6 +20,7 @@ from crsmon.cli.demo import DISCLAIMER, current_max_grades, demo, run_demo
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.models import Alert, ClinicalRecord, Grade, Patient, QuarantinedRecord
 from crsmon.domain.catalog import resolve_rule_set
+from crsmon.services.monitoring import AlertPolicy
 from crsmon.synth import build_feed
 
 RULES = resolve_rule_set("astct-2019")
@@ -160,7 +161,7 @@ def test_grading_every_4_hours_or_once_gives_the_same_grades(tmp_path: Path) -> 
             seed=7,
             grade_every=step,
             rules=RULES,
-            stale_after_h=8.0,
+            policy=AlertPolicy(),
         )
         runs[name] = (run, _rows(database))
     step_run, (step_grades, step_alerts) = runs["step"]

@@ -3,7 +3,11 @@ real PostgreSQL and a private Redis, grade and alert rows out."""
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 from sqlalchemy import select
@@ -18,7 +22,10 @@ from worker_harness import (
     wait_until,
 )
 
-from crsmon.db.models import Alert, ClinicalRecord, Grade
+from crsmon.db.models import Alert, ClinicalRecord, Grade, WebhookDelivery
+from crsmon.services.webhooks import SIGNATURE_HEADER, verify_signature
+
+SECRET = "test-only-e2e-secret"
 
 pytest_plugins = ["worker_fixtures"]
 
@@ -29,8 +36,53 @@ def test_an_observation_posted_over_http_is_graded_by_the_worker(
     worker_redis: RedisServer,
     worker_procs: Processes,
 ) -> None:
-    """POST /v1/records to `crsmon serve`; the worker writes grades and alerts."""
-    env = service_env(worker_pg_url, worker_redis.url)
+    """POST /v1/records to `crsmon serve`; the worker writes grades and alerts,
+    and pushes the severe one to a webhook receiver, signed."""
+    received: list[tuple[str, bytes]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers[SIGNATURE_HEADER], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{hook.server_address[1]}/crs"
+    env = service_env(
+        worker_pg_url,
+        worker_redis.url,
+        CRSMON_WEBHOOK_URLS=json.dumps([hook_url]),
+        CRSMON_WEBHOOK_SECRET=SECRET,
+    )
+    try:
+        _post_and_check(env, worker_pg_sessions, worker_procs)
+        wait_until(lambda: bool(received), 60, "the severe alert pushed")
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    ((signature, body),) = received
+    now = int(time.time())
+    assert verify_signature(SECRET.encode(), signature, body, now=now)
+    assert json.loads(body)["alert"]["kind"] == "severe_crs"
+    with worker_pg_sessions() as session:
+        (delivery,) = session.scalars(select(WebhookDelivery)).all()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (
+        "delivered",
+        1,
+        204,
+    )
+
+
+def _post_and_check(
+    env: dict[str, str],
+    worker_pg_sessions: sessionmaker[Session],
+    worker_procs: Processes,
+) -> None:
     start_worker(worker_procs, env, via_cli=True)
     port = free_port()
     argv = [sys.executable, "-m", "crsmon", "serve", "--port", str(port)]

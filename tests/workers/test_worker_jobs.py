@@ -6,27 +6,33 @@ directly (Celery's ``memory://`` transport stands in where a task publishes).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import worker_harness
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import Effects, assert_no_duplicates, ingest_all, patient_feed
 
 import workers.celery_app
 import workers.jobs
-from crsmon.db.models import ClinicalRecord, Patient
+from crsmon.db.models import Alert, ClinicalRecord, Patient
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.services.dispatch import Dispatcher
+from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import Settings
 from workers.celery_app import (
+    CHECK_TASK,
+    DELIVER_TASK,
     GRADE_TASK,
     SWEEP_TASK,
     CrsmonCelery,
@@ -38,6 +44,7 @@ from workers.tasks import (
     MAX_TRANSIENT_RETRIES,
     CeleryDispatcher,
     GradingFailed,
+    deliveries_per_task,
     is_transient,
 )
 
@@ -49,7 +56,7 @@ def context(sessions: sessionmaker[Session], max_attempts: int = 3) -> GradingCo
         sessions=sessions,
         rules=resolve_rule_set("astct-2019"),
         max_attempts=max_attempts,
-        stale_after_h=8.0,
+        policy=AlertPolicy(),
     )
 
 
@@ -269,7 +276,99 @@ def test_the_sweeper_finds_old_pending_patients_oldest_first(
     assert stale(worker_sessions, older_than=cutoff, limit=1) == [b]
 
     swept = app.tasks[SWEEP_TASK]()
-    assert swept == {"stale_patients": 2, "published": 2}
+    # Every feed has been silent since 33 h after an infusion 3 days ago, and no
+    # stale alert exists yet; but a, b and c have records pending (their own runs
+    # grade as of now) and d a failed one (needs review): only e is checked.
+    assert swept == {
+        "stale_patients": 2,
+        "published": 2,
+        "quiet_patients": 1,
+        "checks_published": 1,
+        "delivery_requested": 0,
+    }
+
+
+def test_the_check_task_alerts_a_quiet_patient_once(
+    app: CrsmonCelery, worker_sessions: sessionmaker[Session]
+) -> None:
+    """Nothing pending, yet the open gap is due: one stale alert, then none."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-Q"))
+    assert app.tasks[GRADE_TASK](patient)["alerts_raised"] > 0
+    with worker_sessions.begin() as session:
+        stale = select(Alert.dedup_key).where(Alert.kind == "stale_monitoring")
+        keys = session.scalars(stale).all()
+        session.execute(delete(Alert).where(Alert.kind == "stale_monitoring"))
+    assert len(keys) == 2  # 4 h to 20 h, and the open gap since 33 h
+    assert workers.jobs.quiet_patients(
+        app.runtime().context, now=datetime.now(UTC), limit=10
+    ) == [patient]
+    first = app.tasks[CHECK_TASK](patient)
+    assert first == {"patient_id": patient, "alerts_raised": 2}
+    assert app.tasks[CHECK_TASK](patient)["alerts_raised"] == 0
+    with worker_sessions() as session:
+        assert session.scalars(stale).all() == keys
+
+
+def test_a_failing_check_is_recorded_and_not_retried(
+    app: CrsmonCelery,
+    worker_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check fails like a grading run: error stored, no clinical value raised."""
+    (patient,) = ingest_all(worker_sessions, patient_feed("P-QF"))
+    calls: list[int] = []
+    fail_grading(monkeypatch, ValueError("sbp 84 is odd"), calls)
+    with pytest.raises(GradingFailed) as raised:
+        app.tasks[CHECK_TASK](patient)
+    assert "84" not in str(raised.value)
+    assert calls == [patient]
+    assert {r.last_error for r in records(worker_sessions, "P-QF")} == {
+        "ValueError: sbp 84 is odd"
+    }
+
+
+def test_severe_alerts_are_delivered_by_the_webhook_task(
+    worker_database_url: str, worker_sessions: sessionmaker[Session]
+) -> None:
+    """A run that raises severe CRS asks for delivery; the task sends it, signed."""
+    received: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    settings = Settings(
+        database_url=worker_database_url,
+        broker_url="memory://",
+        webhook_urls=[url],
+        webhook_secret="test-only",
+    )
+    celery = make_celery(settings)
+    try:
+        (patient,) = ingest_all(worker_sessions, patient_feed("P-W"))
+        celery.tasks[GRADE_TASK](patient)
+        assert deliveries_per_task(settings) == 8  # 48 s soft limit / (5 s + 1)
+        report = celery.tasks[DELIVER_TASK]()
+        assert (report["attempted"], report["delivered"]) == (1, 1)
+        assert celery.tasks[SWEEP_TASK]()["delivery_requested"] == 1
+    finally:
+        celery.close()
+        server.shutdown()
+        server.server_close()
+    (body,) = received
+    assert json.loads(body)["alert"]["kind"] == "severe_crs"
+
+
+def test_the_webhook_task_without_webhooks_does_nothing(app: CrsmonCelery) -> None:
+    assert app.tasks[DELIVER_TASK]() == {"attempted": 0}
 
 
 def test_the_dispatcher_sends_one_message_per_patient(app: CrsmonCelery) -> None:

@@ -41,6 +41,7 @@ from crsmon.db.models import Alert, ClinicalRecord, Grade, Patient
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import ingest_text
+from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -445,9 +446,8 @@ def oracle(lines: list[str], tmp_path: Path) -> Effects:
     try:
         sessions = make_sessions(engine)
         touched = ingest_all(sessions, lines)
-        InProcessDispatcher(sessions, resolve_rule_set("astct-2019"), 8.0).notify(
-            touched
-        )
+        rules = resolve_rule_set("astct-2019")
+        InProcessDispatcher(sessions, rules, AlertPolicy()).notify(touched)
         return Effects.read(sessions)
     finally:
         engine.dispose()
