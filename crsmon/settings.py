@@ -7,9 +7,20 @@ build ``Settings(...)`` directly.
 
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, Field, SecretStr, TypeAdapter, model_validator
+from pathlib import Path
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+"""The models trained and shipped with crsmon (``models/`` beside the package)."""
 MAX_WEBHOOK_URL_CHARS = 500
 """The width of ``webhook_deliveries.url``."""
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -46,6 +57,17 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=300, ge=10)
     task_time_limit_s: int = Field(default=60, ge=1)
+    risk_model_dir: Path | None = Field(
+        default=SHIPPED_MODELS,
+        description="Directory of the risk models (dynamic_48h.json and its .skops). "
+        "Empty: no risk scoring (the service runs and says so in /health/ready).",
+    )
+    risk_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="high_risk alert threshold; default: the model's evaluated one.",
+    )
     webhook_urls: list[str] = Field(
         default_factory=list,
         description="Receivers of severe alerts (severe_crs, crs_death, high_risk); "
@@ -60,6 +82,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="First retry delay; doubles each attempt."
     )
     webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("risk_model_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:

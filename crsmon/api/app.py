@@ -31,6 +31,7 @@ from crsmon.api.metrics import app_metrics
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
+from crsmon.risk.scoring import load_scorer
 from crsmon.services.dispatch import Dispatcher, InProcessDispatcher
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.services.webhooks import WebhookPolicy
@@ -112,8 +113,15 @@ def create_app(
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
     dispatcher = (dispatcher_factory or default_dispatcher)(sessions, settings)
+    _, risk_status = load_scorer(settings.risk_model_dir, settings.risk_threshold)
     context = AppContext(
-        settings, engine, sessions, rules, dispatcher, app_metrics(sessions)
+        settings,
+        engine,
+        sessions,
+        rules,
+        dispatcher,
+        app_metrics(sessions),
+        risk_status,
     )
 
     @asynccontextmanager

@@ -32,6 +32,8 @@ class AppContext:
     rules: RuleSet
     dispatcher: Dispatcher
     metrics: AppMetrics
+    risk_status: str = "not configured"
+    """The risk model in force, or why there is none (``/health/ready``)."""
 
 
 def get_context(request: Request) -> AppContext:

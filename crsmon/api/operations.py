@@ -76,12 +76,15 @@ def live() -> Liveness:
     responses={503: {"model": Readiness, "description": "A dependency is down."}},
 )
 def ready(context: ContextDep, settings: SettingsDep) -> JSONResponse:
-    """The database and (when configured) the broker answer."""
+    """The database and (when configured) the broker answer; the risk model in
+    force (or why there is none) is reported, and never makes the service unready."""
     checks = {
         "database": check_database(context.engine),
         "broker": check_broker(settings.broker_url),
     }
     up = all(v in ("ok", "not configured") for v in checks.values())
+    # Informational: grading runs without a risk model, and says so here.
+    checks["risk_model"] = context.risk_status
     body = Readiness(status="ready" if up else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if up else 503)
 

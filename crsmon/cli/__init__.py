@@ -10,6 +10,7 @@ from crsmon.cli.db import db
 from crsmon.cli.demo import demo
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
+from crsmon.cli.model import model
 from crsmon.cli.regrade import regrade
 from crsmon.cli.rules import rules
 from crsmon.cli.schema import schema
@@ -30,6 +31,7 @@ main.add_command(db)
 main.add_command(demo)
 main.add_command(grade)
 main.add_command(ingest)
+main.add_command(model)
 main.add_command(regrade)
 main.add_command(schema)
 main.add_command(serve)

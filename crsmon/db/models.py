@@ -174,6 +174,12 @@ class Grade(Base):
     snapshot: Mapped[dict[str, Any]]
     snapshot_hash: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    risk_probability: Mapped[float | None] = mapped_column(Float)
+    """P(grade >= 3 within the model's horizon) at this time; None: not scored
+    (no model, or the grade is already >= 3). Never changes ``grade``."""
+    risk_model: Mapped[str | None] = mapped_column(String(80))
+    risk_features: Mapped[list[Any] | None]
+    """The features that moved the score most: feature, value, contribution."""
 
 
 class Alert(Base):

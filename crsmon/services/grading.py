@@ -43,6 +43,7 @@ from crsmon.domain.state import (
     hours_since_infusion,
 )
 from crsmon.presenters import flag_details
+from crsmon.risk.scoring import RiskPoint, RiskScorer, baseline_of
 from crsmon.services.monitoring import AlertPolicy, monitored_spans
 
 
@@ -120,7 +121,15 @@ def grade_patient(
         timeline, until, state or StateSettings(), extra_times=graded_before
     )
     result = grade_episode(episode, rules)
-    written = _write_grades(session, patient_id, rules, result.observations, snapshots)
+    scorer = policy.risk
+    points: dict[float, RiskPoint] = {}
+    if scorer is not None:
+        moments = [(o.t_hours, o.result.grade) for o in result.observations]
+        baseline = baseline_of(patient, timeline)
+        points = {p.t_hours: p for p in scorer.score(baseline, timeline, moments)}
+    written = _write_grades(
+        session, patient_id, rules, result.observations, snapshots, points, scorer
+    )
     if not live:
         return GradingRun(written, (), 0)
     stays = session.scalars(select(UnitStay).where(UnitStay.patient_id == patient_id))
@@ -134,6 +143,7 @@ def grade_patient(
         monitoring_days=policy.monitoring_days,
         monitored_h=monitored_spans(patient.infusion_at, list(stays), died_at),
         record_flags=record_flags(timeline, records),
+        risk_signals=[] if scorer is None else scorer.signals(list(points.values())),
     )
     raised = _raise_alerts(session, patient, decisions, policy.webhook_urls, now)
     graded = session.execute(  # an UPDATE: a cursor result with a row count
@@ -185,6 +195,8 @@ def _write_grades(
     rules: RuleSet,
     observations: tuple[ObservationGrade, ...],
     snapshots: tuple[Snapshot, ...],
+    points: dict[float, RiskPoint],
+    scorer: RiskScorer | None,
 ) -> int:
     known = {
         (at, digest)
@@ -203,6 +215,7 @@ def _write_grades(
             continue
         known.add((snapshot.at, digest))
         result = obs.result
+        point = points.get(obs.t_hours)
         session.add(
             Grade(
                 patient_id=patient_id,
@@ -216,6 +229,9 @@ def _write_grades(
                 flags=flag_details(result.flags),
                 snapshot=payload,
                 snapshot_hash=digest,
+                risk_probability=None if point is None else point.probability,
+                risk_model=None if point is None or scorer is None else scorer.key,
+                risk_features=None if point is None else list(point.top_features),
             )
         )
         written += 1

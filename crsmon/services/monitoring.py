@@ -23,6 +23,7 @@ from crsmon.db.models import Alert, ClinicalRecord, Patient, UnitStay
 from crsmon.db.repository import current_records, timeline_from
 from crsmon.domain.alerts import AlertKind, stale_gaps
 from crsmon.domain.records import BLOOD_PRESSURE, Quantity
+from crsmon.risk.scoring import RiskScorer, load_scorer
 from crsmon.settings import Settings
 
 _HOUR = timedelta(hours=1)
@@ -37,14 +38,18 @@ class AlertPolicy:
     stale_after_h: float = 8.0
     monitoring_days: float = 14.0
     webhook_urls: tuple[str, ...] = ()
+    risk: RiskScorer | None = None
+    """The dynamic risk model that scores each grading (None: no model)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertPolicy:
         """The policy the settings configure."""
+        scorer, _ = load_scorer(settings.risk_model_dir, settings.risk_threshold)
         return cls(
             stale_after_h=settings.stale_monitoring_h,
             monitoring_days=settings.monitoring_days,
             webhook_urls=tuple(settings.webhook_urls),
+            risk=scorer,
         )
 
 

@@ -1,0 +1,208 @@
+"""Scoring patients in the service: the dynamic model beside the ASTCT grade.
+
+At each grading run the worker scores every graded moment of the episode that
+is below grade 3 and before the first grade >= 3, with the shipped dynamic
+model (P(grade >= 3 within its horizon)). The probability, the model key and
+the top contributing features are stored with the grade row; the series
+becomes :class:`crsmon.domain.alerts.RiskSignal`\\ s, from which the core
+raises ``high_risk`` once per run of high predictions. The model never
+changes a grade.
+
+With no model (none configured, or one that fails its checks) the service
+runs on and says so in ``/health/ready``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from crsmon.domain.alerts import RiskSignal
+from crsmon.domain.features import MAX_DYNAMIC_GRADE, PatientBaseline, dynamic_features
+from crsmon.domain.records import PatientTimeline
+from crsmon.domain.state import age_years_at
+
+if TYPE_CHECKING:  # numpy, scikit-learn and skops load only when a model does
+    from numpy.typing import NDArray
+
+    from crsmon.risk.artifacts import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+SERVICE_MODEL = "dynamic_48h"
+"""The model the service scores with (its manifest: ``<dir>/dynamic_48h.json``)."""
+TOP_FEATURES = 3
+
+
+class EnrolmentLike(Protocol):
+    """What scoring needs of an enrolment (a stored patient or an intake row)."""
+
+    @property
+    def marrow_blast_pct(self) -> float | None: ...
+    @property
+    def disease_status(self) -> str | None: ...
+    @property
+    def ldh_u_l(self) -> float | None: ...
+    @property
+    def viability_pct(self) -> float | None: ...
+    @property
+    def dose_cells_per_kg(self) -> float | None: ...
+
+
+def baseline_of(patient: EnrolmentLike, timeline: PatientTimeline) -> PatientBaseline:
+    """The model's view of an enrolment (shared by training and the service)."""
+    status = patient.disease_status
+    return PatientBaseline(
+        age_years=age_years_at(timeline, timeline.infusion_at),
+        marrow_blast_pct=patient.marrow_blast_pct,
+        isolated_extramedullary=None
+        if status is None
+        else status == "isolated_extramedullary",
+        ldh_u_l=patient.ldh_u_l,
+        viability_pct=patient.viability_pct,
+        dose_cells_per_kg=patient.dose_cells_per_kg,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RiskPoint:
+    """One score: when, how likely, and the features that pushed it most."""
+
+    t_hours: float
+    probability: float
+    top_features: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RiskScorer:
+    """A verified dynamic model and the alert threshold in force."""
+
+    model: LoadedModel
+    threshold: float
+
+    @property
+    def key(self) -> str:
+        """The model key stored with every score."""
+        return self.model.key
+
+    @property
+    def horizon_h(self) -> float:
+        """The model's horizon."""
+        return float(self.model.manifest["horizon_h"])
+
+    def score(
+        self,
+        baseline: PatientBaseline,
+        timeline: PatientTimeline,
+        moments: Sequence[tuple[float, int]],
+    ) -> list[RiskPoint]:
+        """Scores at each (t_hours, grade) from infusion on, until grade >= 3."""
+        chosen: list[tuple[float, int]] = []
+        for t, grade in moments:
+            if grade > MAX_DYNAMIC_GRADE:
+                break  # the model predicts reaching grade 3, not beyond it
+            if t >= 0:
+                chosen.append((t, grade))
+        if not chosen:
+            return []
+        infusion = timeline.infusion_at
+        rows = [
+            dynamic_features(baseline, timeline, infusion + timedelta(hours=t), grade)
+            for t, grade in chosen
+        ]
+        p = self.model.probabilities(rows)
+        tops = top_contributions(self.model, self.model.matrix(rows))
+        return [RiskPoint(t, p[i], tops[i]) for i, (t, _) in enumerate(chosen)]
+
+    def signals(self, points: Sequence[RiskPoint]) -> list[RiskSignal]:
+        """The points as the core's risk signals (for ``high_risk``)."""
+        return [
+            RiskSignal(
+                t_hours=pt.t_hours,
+                horizon_h=self.horizon_h,
+                probability=pt.probability,
+                threshold=self.threshold,
+                model_version=self.key,
+                reasons=tuple(describe(f) for f in pt.top_features),
+            )
+            for pt in points
+        ]
+
+
+def describe(feature: dict[str, Any]) -> str:
+    """``log_crp_now = 4.61 (raises the risk)``."""
+    value = feature["value"]
+    shown = "missing" if value is None else f"{value:.3g}"
+    way = "raises" if feature["contribution"] > 0 else "lowers"
+    return f"{feature['feature']} = {shown} ({way} the risk)"
+
+
+def top_contributions(
+    model: LoadedModel, x: NDArray[Any]
+) -> list[tuple[dict[str, Any], ...]]:
+    """Per row, the features whose value moved the probability most.
+
+    Occlusion, for any model: a feature's contribution is p(row) minus p(row
+    with that feature set to its training median, the value the model's own
+    imputer would use). Positive: the value raises the risk. Model-agnostic and
+    honest about what it is (not a causal attribution).
+    """
+    import numpy as np
+
+    medians = model.estimator.calibrated_classifiers_[0].estimator.steps[0][1]
+    typical = medians.statistics_
+    p = model.estimator.predict_proba(x)[:, 1]
+    moved = np.empty_like(x)
+    for j in range(x.shape[1]):
+        occluded = x.copy()
+        occluded[:, j] = typical[j]
+        moved[:, j] = p - model.estimator.predict_proba(occluded)[:, 1]
+    tops = []
+    for i in range(len(x)):
+        order = np.argsort(-np.abs(moved[i]))[:TOP_FEATURES]
+        tops.append(
+            tuple(
+                {
+                    "feature": model.features[j],
+                    "value": _raw(x[i], j),
+                    "contribution": round(float(moved[i, j]), 4),
+                }
+                for j in order
+            )
+        )
+    return tops
+
+
+def _raw(row: NDArray[Any], j: int) -> float | None:
+    value = float(row[j])
+    return None if math.isnan(value) else round(value, 4)
+
+
+def load_scorer(
+    directory: Path | None, threshold: float | None
+) -> tuple[RiskScorer | None, str]:
+    """The service's scorer and a status line for ``/health/ready``.
+
+    Never raises: a missing or refused model leaves the service running
+    without risk scores, and the status says why.
+    """
+    from crsmon.risk.artifacts import ModelFileError, load_model
+
+    if directory is None:
+        return None, "not configured"
+    manifest = directory / f"{SERVICE_MODEL}.json"
+    if not manifest.is_file():
+        return None, f"not configured (no {manifest.name} in the model directory)"
+    try:
+        model = load_model(manifest)
+    except ModelFileError as exc:
+        logger.warning("risk model refused: %s", exc)
+        return None, f"refused ({exc})"
+    chosen = threshold if threshold is not None else model.manifest["default_threshold"]
+    scorer = RiskScorer(model, float(chosen))
+    return scorer, f"ok ({scorer.key}, threshold {scorer.threshold:.3f})"
