@@ -42,12 +42,17 @@ def test_live_answers_without_touching_dependencies(client: TestClient) -> None:
 
 
 def test_ready_checks_the_database_and_no_broker_by_default(client: TestClient) -> None:
-    """Ready: SELECT 1 answered; no broker configured is not a failure."""
+    """Ready: SELECT 1 answered; no broker configured is not a failure; with no
+    shipped risk model yet the service grades on and says so."""
     reply = client.get("/health/ready")
     assert reply.status_code == 200
     assert reply.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "broker": "not configured"},
+        "checks": {
+            "database": "ok",
+            "broker": "not configured",
+            "risk_model": "not configured (no dynamic_48h.json in the model directory)",
+        },
     }
 
 
