@@ -15,6 +15,7 @@ from crsmon.cli.regrade import regrade
 from crsmon.cli.rules import rules
 from crsmon.cli.schema import schema
 from crsmon.cli.sweep import sweep
+from crsmon.cli.synth import synth
 from workers.cli import beat, worker
 
 
@@ -36,6 +37,7 @@ main.add_command(regrade)
 main.add_command(schema)
 main.add_command(serve)
 main.add_command(sweep)
+main.add_command(synth)
 # The worker commands live with the workers; the CLI is the one place that joins them.
 main.add_command(worker)
 main.add_command(beat)

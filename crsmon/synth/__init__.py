@@ -1,28 +1,54 @@
 """Synthetic CAR T cohorts: seeded, pure, and labelled synthetic throughout.
 
-The one generator of synthetic patients (risk.md §3). This first version
-builds the demo feed; the risk-model issue grows it (latent severity, 28 days,
-a truth file, outcomes) behind the same API::
+The one generator of synthetic patients (risk.md §3, docs/synthetic-cohort.md).
+It builds both the demo feed and the study of ``crsmon synth``::
 
-    from crsmon.synth import build_feed
+    from crsmon.synth import build_feed, Study, StudySpec
 
-    feed = build_feed(now, patients=20, days=14, seed=7)
+    feed = build_feed(now, patients=20, days=14, seed=7)   # the demo
     feed.lines            # FeedLine(at, text, ...) in time order, every at <= now
     feed.ndjson()         # the feed file `crsmon ingest` reads
     feed.patients[0].course.max_grade   # the truth the feed was built from
 
-Layers, each pure (a seed and ``now`` in, values out; no clock, no I/O):
+    study = Study(StudySpec(patients=343, seed=1))          # crsmon synth
+    for line in study.lines(): ...      # the feed, streamed in time order
+    study.truth()                       # hidden truth, one dict per patient
+    study.summaries()                   # fast path: no records charted
 
-- :mod:`crsmon.synth.cohort`: who the patients are (baseline, potential grade);
-- :mod:`crsmon.synth.course`: what happens to them, in minutes since infusion;
-- :mod:`crsmon.synth.feed`: the course as feed records at wall-clock times,
-  with a few deliberately faulty lines.
+Layers, each pure (a seed in, values out; no clock, no I/O):
+
+- :mod:`crsmon.synth.latent`: the §3.3 latent model and the true baseline risk;
+- :mod:`crsmon.synth.cohort`: who the patients are (§3.2 baseline, latent
+  values, potential grade by the latent score or by quota);
+- :mod:`crsmon.synth.course`: the hidden course (§3.4–3.5) and its records, in
+  minutes since infusion;
+- :mod:`crsmon.synth.outcomes`: response, relapse, HSCT and death (§3.6);
+- :mod:`crsmon.synth.feed`: the records as feed lines at wall-clock times (the
+  demo: ending at ``now``, with a few deliberately faulty lines);
+- :mod:`crsmon.synth.study`: accrual, a fixed data cut, the truth file and the
+  manifest (``crsmon synth``).
 """
 
 from __future__ import annotations
 
-from crsmon.synth.cohort import Baseline, CohortDesign, draw_cohort, pseudonym
-from crsmon.synth.course import SYNTHETIC, Course, Event, simulate
+from crsmon.synth.cohort import (
+    DEMO_DESIGN,
+    Baseline,
+    CohortDesign,
+    Latent,
+    draw_cohort,
+    pseudonym,
+)
+from crsmon.synth.course import (
+    SYNTHETIC,
+    Course,
+    Event,
+    Plan,
+    hidden_course,
+    hidden_grades,
+    plan_course,
+    simulate,
+)
 from crsmon.synth.feed import (
     SOURCE_SYSTEM,
     FeedLine,
@@ -30,8 +56,19 @@ from crsmon.synth.feed import (
     SyntheticPatient,
     build_feed,
 )
+from crsmon.synth.outcomes import Outcomes, draw_outcomes
+from crsmon.synth.study import (
+    DEFAULT_DATA_CUT,
+    GENERATOR_VERSION,
+    PatientSummary,
+    Study,
+    StudySpec,
+)
 
 __all__ = [
+    "DEFAULT_DATA_CUT",
+    "DEMO_DESIGN",
+    "GENERATOR_VERSION",
     "SOURCE_SYSTEM",
     "SYNTHETIC",
     "Baseline",
@@ -39,10 +76,20 @@ __all__ = [
     "Course",
     "Event",
     "FeedLine",
+    "Latent",
+    "Outcomes",
+    "PatientSummary",
+    "Plan",
+    "Study",
+    "StudySpec",
     "SyntheticFeed",
     "SyntheticPatient",
     "build_feed",
     "draw_cohort",
+    "draw_outcomes",
+    "hidden_course",
+    "hidden_grades",
+    "plan_course",
     "pseudonym",
     "simulate",
 ]

@@ -1,9 +1,12 @@
 """The synthetic cohort as a bedside feed: one strict feed record per line.
 
 Each course's events (minutes since infusion) become feed records
-(docs/feed-format.md) at wall-clock times: every patient's infusion lies
-``days`` days (and a few minutes more, so patients are not in lockstep) before
-``now``, and every record's time is at or before ``now``. A handful of
+(docs/feed-format.md) at wall-clock times. :class:`Renderer` does this for one
+patient (the demo and the study of :mod:`crsmon.synth.study` share it).
+
+:func:`build_feed` is the demo's feed: every patient's infusion lies ``days``
+days (and a few minutes more, so patients are not in lockstep) before ``now``,
+and every record's time is at or before ``now``. By default a handful of
 deliberately faulty lines are planted among them, each marked with the reason
 it must be refused, and one line is re-sent to show that a duplicate is stored
 once.
@@ -20,14 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crsmon.synth.cohort import Baseline, CohortDesign, draw_cohort
-from crsmon.synth.course import SYNTHETIC, Course, Event, simulate
+from crsmon.synth.cohort import DEMO_DESIGN, Baseline, CohortDesign, draw_cohort
+from crsmon.synth.course import SYNTHETIC, Course, Event, care_unit, simulate
+from crsmon.synth.outcomes import Outcomes
 
 SOURCE_SYSTEM = "crsmon-synth"
 """The sender of every synthetic record (half of each idempotency key)."""
 
-CARE_UNIT = f"{SYNTHETIC}-ONCOLOGY"
-PRODUCT = f"{SYNTHETIC} anti-CD19/CD22 CAR T (demo)"
+PRODUCT = f"{SYNTHETIC} anti-CD19/CD22 CAR T (synthetic data)"
+NOT_ENROLLED = "SYN-0000"
+"""A pseudonym no synthetic cohort uses (they start at ``SYN-0001``)."""
 
 _TIME_FIELD = {
     "vitals": "observed_at",
@@ -39,6 +44,7 @@ _TIME_FIELD = {
     "treatment": "given_at",
     "attribution": "start_at",
     "outcome": "at",
+    "transfer": "transferred_at",
     "retraction": "at",
 }
 
@@ -74,6 +80,11 @@ class SyntheticPatient:
         """``SYN-0001``..."""
         return self.baseline.pseudonym
 
+    @property
+    def outcomes(self) -> Outcomes:
+        """The patient's response, relapse, HSCT and death (uncensored truth)."""
+        return self.course.outcomes
+
 
 @dataclass(frozen=True, slots=True)
 class SyntheticFeed:
@@ -103,7 +114,7 @@ def _dump(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-class _Renderer:
+class Renderer:
     """Numbers each patient's records (``SYN-0001:vitals:0042``) and writes them."""
 
     def __init__(self, patient: SyntheticPatient) -> None:
@@ -135,7 +146,7 @@ class _Renderer:
             **self.envelope("patient", record_id),
             "age_years": b.age_years,
             "weight_kg": b.weight_kg,
-            "care_unit": CARE_UNIT,
+            "care_unit": care_unit(b.site),
             "disease_status": b.disease_status,
             "marrow_blast_pct": b.marrow_blast_pct,
             "ldh_u_l": b.ldh_u_l,
@@ -178,19 +189,19 @@ class _Renderer:
         )
 
 
-def _planted(
-    renderers: list[_Renderer], rng: random.Random, horizon_min: int
+def planted_lines(
+    renderers: list[Renderer], rng: random.Random, horizon_min: int
 ) -> list[FeedLine]:
     """Deliberately faulty lines (each must be refused) and one re-sent line."""
     lines: list[FeedLine] = []
 
-    def pick() -> tuple[_Renderer, int]:
+    def pick() -> tuple[Renderer, int]:
         renderer = rng.choice(renderers)
         step = 4 * 60
         minutes = rng.randrange(step, max(step + 1, horizon_min - step), step)
         return renderer, minutes + rng.randint(2, 30)
 
-    def vitals(r: _Renderer, minutes: int, **values: Any) -> dict[str, Any]:
+    def vitals(r: Renderer, minutes: int, **values: Any) -> dict[str, Any]:
         record_id = f"{r.patient.pseudonym}:vitals:fault-{len(lines) + 1}"
         when = _iso(r.at(minutes))
         return {**r.envelope("vitals", record_id), "observed_at": when, **values}
@@ -227,7 +238,7 @@ def _planted(
     )  # fmt: skip
     r, m = pick()
     record = vitals(r, m, temperature_c=36.9, sbp_mmhg=104, dbp_mmhg=62)
-    record["patient"] = stranger = "SYN-9999"
+    record["patient"] = stranger = NOT_ENROLLED
     record["source_record_id"] = f"{stranger}:vitals:fault-{len(lines) + 1}"
     lines.append(
         r.line(r.at(m), record, expect="refused", expect_error="patient",
@@ -260,17 +271,20 @@ def build_feed(
     days: int = 14,
     seed: int = 7,
     design: CohortDesign | None = None,
+    planted: bool = True,
 ) -> SyntheticFeed:
-    """The synthetic feed that ends at ``now`` (tz-aware), for ``seed``.
+    """The demo's synthetic feed that ends at ``now`` (tz-aware), for ``seed``.
 
-    The same ``now``, ``patients``, ``days``, ``seed`` and ``design`` give the
+    Every patient was infused ``days`` days (and up to 4 h) before ``now``.
+    ``design`` defaults to :data:`DEMO_DESIGN` (exact grade counts), and
+    ``planted`` adds the deliberately faulty lines. The same arguments give the
     same lines, byte for byte.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now: must be tz-aware")
     if days < 2:
         raise ValueError("days: at least 2")
-    design = design or CohortDesign()
+    design = design or DEMO_DESIGN
     end = now.astimezone(UTC).replace(second=0, microsecond=0)
     offsets = random.Random(f"crsmon.synth:{seed}:offsets")  # noqa: S311
     cohort = draw_cohort(patients, seed, design)
@@ -283,12 +297,13 @@ def build_feed(
         course = simulate(b, seed, horizon, design)
         patient = SyntheticPatient(b, course, end - timedelta(minutes=horizon))
         built.append(patient)
-        r = _Renderer(patient)
+        r = Renderer(patient)
         renderers.append(r)
         lines += [(line.at, 0, b.pseudonym, line) for line in r.lines]
-    faults = random.Random(f"crsmon.synth:{seed}:faults")  # noqa: S311
-    planted = _planted(renderers, faults, days * 24 * 60)
-    lines += [(line.at, 1, line.patient, line) for line in planted]
+    if planted:
+        faults = random.Random(f"crsmon.synth:{seed}:faults")  # noqa: S311
+        faulty = planted_lines(renderers, faults, days * 24 * 60)
+        lines += [(line.at, 1, line.patient, line) for line in faulty]
     lines.sort(key=lambda item: item[:3])
     return SyntheticFeed(
         now=now,

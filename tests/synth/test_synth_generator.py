@@ -165,23 +165,64 @@ def test_at_least_20_patients_with_14_days_of_4_hourly_vitals(
 
 
 def test_labs_every_12_to_24_hours(feed: SyntheticFeed) -> None:
+    """From infusion: CRP every 12 h; ferritin, IL-6 (where the site measures
+    it), platelets, LDH and creatinine every 24 h."""
     labs: dict[tuple[str, str], list[datetime]] = defaultdict(list)
     for line in _good(feed):
         if line.kind == "lab":
             record = json.loads(line.text)
             labs[(line.patient, record["analyte"])].append(_time(record))
+    every = {"crp": 12, "ferritin": 24, "il6": 24}
+    every |= {"platelets": 24, "ldh": 24, "creatinine": 24}
     for patient in feed.patients:
-        for analyte, hours in (("crp", 12), ("ferritin", 24), ("il6", 24)):
-            times = labs[(patient.pseudonym, analyte)]
+        for analyte, hours in every.items():
+            times = [
+                t
+                for t in labs[(patient.pseudonym, analyte)]
+                if t >= patient.infusion_at
+            ]
+            if analyte == "il6" and not patient.baseline.il6_measured:
+                assert times == []
+                continue
             gaps = {b - a for a, b in pairwise(times)}
             assert gaps == {timedelta(hours=hours)}, (patient.pseudonym, analyte)
+    measured = [p.baseline.il6_measured for p in feed.patients]
+    assert any(measured)
+    assert not all(measured)  # 40 % of sites do not measure IL-6
+
+
+def test_the_pre_infusion_panel_is_in_the_feed(feed: SyntheticFeed) -> None:
+    """The baseline labs, drawn 24–72 h before infusion, sent with the enrolment."""
+    for patient in feed.patients:
+        b = patient.baseline
+        panel = {}
+        for line in _good(feed):
+            record = json.loads(line.text)
+            if line.patient != b.pseudonym or line.kind != "lab":
+                continue
+            if _time(record) < patient.infusion_at:
+                panel[record["analyte"]] = record["value"]
+                assert line.at == patient.infusion_at
+                before = patient.infusion_at - _time(record)
+                assert timedelta(hours=24) <= before <= timedelta(hours=72)
+        assert panel == {
+            "platelets": b.platelets_10e9_l,
+            "crp": b.crp_mg_l,
+            "ldh": b.ldh_u_l,
+            "ferritin": b.ferritin_ug_l,
+            "creatinine": b.creatinine_mg_dl,
+        }
+        # m-EASIX from the feed's own values is the latent model's input
+        m_easix = b.ldh_u_l * b.crp_mg_l / 10 / b.platelets_10e9_l
+        assert b.m_easix == pytest.approx(m_easix, abs=1e-4)
 
 
 def test_the_cohort_has_every_grade_and_treatments_after_onset(
     feed: SyntheticFeed,
 ) -> None:
-    """Most patients have CRS (onset day 1–5); a few reach grade 3–4; drugs
-    are given after onset (and for an infection fever, only then)."""
+    """Most patients have CRS (onset from hour 4, a few late, up to day 22); a
+    few reach grade 3–4; drugs are given after onset (and for an infection
+    fever, only then)."""
     grades = [p.course.max_grade for p in feed.patients]
     assert {0, 1, 2, 3, 4} <= set(grades)
     assert sum(g >= 1 for g in grades) >= 15
@@ -191,7 +232,7 @@ def test_the_cohort_has_every_grade_and_treatments_after_onset(
         onset_h = course.truth["fever_onset_h"]
         if course.max_grade:
             assert onset_h is not None
-            assert 12 <= onset_h <= 120
+            assert 4 <= onset_h <= 22 * 24
             assert course.onset_min is not None
         doses = [e for e in course.events if e.kind == "treatment"]
         if course.onset_min is not None:
