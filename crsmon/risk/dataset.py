@@ -39,7 +39,7 @@ _HOUR = timedelta(hours=1)
 
 
 @dataclass
-class _Collected:
+class CollectedPatient:
     patient: PatientRow
     system: str
     rows: list[tuple[str, RecordRow]] = field(default_factory=list)
@@ -76,10 +76,32 @@ class PatientData:
         return dynamic_features(self.baseline, self.timeline, at, grade)
 
 
-def _transient(
-    patient: PatientRow, rows: list[tuple[str, RecordRow]]
-) -> PatientTimeline:
-    """The domain timeline from rows that were never stored (ids by position)."""
+def _current(rows: list[tuple[str, RecordRow]]) -> list[tuple[str, RecordRow]]:
+    """The rows as they stand, by the repository's rules (``current_records``):
+    a retraction removes its target; a correction replaces what it supersedes."""
+    retracted = {
+        (system, row.details["target_record_id"])
+        for system, row in rows
+        if row.kind == "retraction"
+    }
+    superseded = set()
+    for system, row in rows:
+        if row.supersedes is not None:
+            suffix = "" if row.key_suffix is None else f"#{row.key_suffix}"
+            superseded.add((system, f"{row.supersedes}{suffix}"))
+    return [
+        (system, row)
+        for system, row in rows
+        if row.kind != "retraction"
+        and (system, row.key) not in superseded
+        and (system, row.source_record_id) not in retracted
+    ]
+
+
+def timeline_of(collected: CollectedPatient) -> PatientTimeline:
+    """The domain timeline of rows that were never stored (ids by position),
+    mapped by the repository's own :func:`timeline_from`."""
+    patient = collected.patient
     enrolled = Patient(
         pseudonym=patient.pseudonym,
         birth_date=patient.birth_date,
@@ -99,8 +121,7 @@ def _transient(
             unit=row.unit,
             details=row.details,
         )
-        for n, (system, row) in enumerate(rows, start=1)
-        if row.kind != "retraction" and row.supersedes is None
+        for n, (system, row) in enumerate(_current(collected.rows), start=1)
     ]
     records.sort(key=lambda r: (r.occurred_at, r.id))
     return timeline_from(enrolled, records)
@@ -108,13 +129,13 @@ def _transient(
 
 def read_feed(
     lines: Iterable[str], *, now: datetime
-) -> tuple[dict[str, _Collected], list[tuple[int, str]]]:
+) -> tuple[dict[str, CollectedPatient], list[tuple[int, str]]]:
     """Enrolments and records by patient; refused lines with their numbers.
 
-    Corrections and retractions are left out of training data (a synthetic
-    feed has none; a real one is better ingested and exported).
+    Corrections and retractions apply as in the repository (see
+    :func:`timeline_of`).
     """
-    patients: dict[str, _Collected] = {}
+    patients: dict[str, CollectedPatient] = {}
     refused: list[tuple[int, str]] = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
@@ -123,7 +144,7 @@ def read_feed(
         if isinstance(record, Refused):
             refused.append((number, record.error))
         elif isinstance(record, PatientIn):
-            patients[record.patient] = _Collected(
+            patients[record.patient] = CollectedPatient(
                 record.patient_row(), record.source_system
             )
         elif record.patient not in patients:
@@ -135,10 +156,10 @@ def read_feed(
 
 
 def patient_data(
-    collected: _Collected, rules: RuleSet, *, until: datetime
+    collected: CollectedPatient, rules: RuleSet, *, until: datetime
 ) -> PatientData:
     """Timeline, baseline and crsmon's grades of one patient up to ``until``."""
-    timeline = _transient(collected.patient, collected.rows)
+    timeline = timeline_of(collected)
     episode, _ = episode_until(timeline, until, StateSettings())
     result = grade_episode(episode, rules)
     grades = tuple((o.t_hours, o.result.grade) for o in result.observations)

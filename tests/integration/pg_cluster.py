@@ -38,8 +38,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import require
 
-IN_CI = os.environ.get("CI") == "true"
 SERVER_USER = "postgres"
 PASSWORD = "pw-never-shown"
 START_TIMEOUT_S = 30
@@ -71,15 +71,6 @@ def _kill(pid: int) -> None:
 def _kill_leftovers() -> None:  # a last resort if a finalizer never ran
     for pid in list(_LIVE):
         _kill(pid)
-
-
-def require(available: bool, message: str) -> None:
-    """Skip when something is missing, except under CI=true, where it fails."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: a missing service fails, never skips)")
-    pytest.skip(message)
 
 
 def _version_key(path: Path) -> tuple[int, ...]:

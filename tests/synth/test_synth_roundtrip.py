@@ -1,8 +1,9 @@
 """risk.md §3.7.4, the grader round trip, without a database.
 
-Each feed line is read by the intake's own parser (``parse_record``) and turned
-into rows (``rows()``); corrections replace what they supersede; the rows become
-the pure core's timeline as ``crsmon.db.repository.timeline_from`` builds it;
+Each feed line is read by the intake's own parser and turned into rows, and the
+rows become the pure core's timeline by the repository's own mapping
+(``crsmon.risk.dataset.read_feed`` and ``timeline_of``: corrections replace
+what they supersede, as in the database);
 the service's state builder and episode grader grade it. The service's grade is
 then compared with the hidden truth wherever the course defines it:
 
@@ -16,9 +17,7 @@ then compared with the hidden truth wherever the course defines it:
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -26,28 +25,12 @@ import pytest
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.records import (
-    AttributionRecord,
-    BolusRecord,
-    DeathRecord,
-    Finding,
-    InfusionRecord,
-    Measurement,
-    OxygenRecord,
     PatientTimeline,
     Quantity,
-    TreatmentRecord,
 )
 from crsmon.domain.results import EpisodeResult
 from crsmon.domain.state import StateSettings, episode_until, hours_since_infusion
-from crsmon.domain.vocab import (
-    OxygenDevice,
-    TreatmentDrug,
-    VasoactiveDrug,
-    VasopressorDoseUnit,
-)
-from crsmon.intake.parse import Refused, parse_record
-from crsmon.intake.rows import RecordRow
-from crsmon.intake.schemas import PatientIn
+from crsmon.risk.dataset import read_feed, timeline_of
 from crsmon.synth import CohortDesign, FeedLine, Study, StudySpec
 
 RULES = resolve_rule_set("astct-2019")
@@ -61,95 +44,17 @@ class Graded:
     attributed_fever_times: set[float]
 
 
-def measurement(row: RecordRow) -> Measurement:
-    assert row.quantity is not None
-    assert row.value is not None
-    return Measurement(row.key, row.occurred_at, Quantity(row.quantity), row.value)
-
-
-def timeline(enrolment: PatientIn, rows: list[RecordRow]) -> PatientTimeline:
-    """The rows as the repository maps stored records onto the pure core."""
-    superseded = {r.supersedes for r in rows if r.supersedes is not None}
-    current = [r for r in rows if r.source_record_id not in superseded]
-    kinds: dict[str, list[RecordRow]] = defaultdict(list)
-    for r in current:
-        kinds[r.kind].append(r)
-    stops = {
-        r.details["start_record_id"]: r.occurred_at for r in kinds["vasopressor_stop"]
-    }
-    deaths = [r for r in kinds["outcome"] if r.details["event"] == "death"]
-    return PatientTimeline(
-        infusion_at=enrolment.infusion_at,
-        age_years_at_infusion=enrolment.age_years,
-        weight_kg=enrolment.weight_kg,
-        measurements=tuple(measurement(r) for r in kinds["measurement"]),
-        oxygen=tuple(
-            OxygenRecord(
-                r.key,
-                r.occurred_at,
-                OxygenDevice(r.details["device"]),
-                r.details.get("flow_l_min"),
-                r.details.get("fio2"),
-            )
-            for r in kinds["oxygen"]
-        ),
-        infusions=tuple(
-            InfusionRecord(
-                r.key,
-                VasoactiveDrug(r.details["drug"]),
-                float(r.details["dose"]),
-                VasopressorDoseUnit(r.details["unit"]),
-                r.occurred_at,
-                stops.get(r.source_record_id),
-            )
-            for r in kinds["vasopressor_start"]
-        ),
-        boluses=tuple(
-            BolusRecord(r.key, r.occurred_at, bool(r.details["for_hypotension"]))
-            for r in kinds["fluid_bolus"]
-        ),
-        treatments=tuple(
-            TreatmentRecord(r.key, r.occurred_at, TreatmentDrug(r.details["drug"]))
-            for r in kinds["treatment"]
-        ),
-        attributions=tuple(
-            AttributionRecord(
-                r.key,
-                Finding(r.details["finding"]),
-                r.occurred_at,
-                None
-                if r.details.get("end_at") is None
-                else datetime.fromisoformat(r.details["end_at"]),
-            )
-            for r in kinds["attribution"]
-        ),
-        death=None
-        if not deaths
-        else DeathRecord(
-            deaths[-1].key,
-            deaths[-1].occurred_at,
-            deaths[-1].details["death_attributable_to_crs"],
-        ),
-    )
-
-
 def grade_study(spec: StudySpec) -> list[Graded]:
     study = Study(spec)
     lines: list[FeedLine] = list(study.lines())
-    enrolments: dict[str, PatientIn] = {}
-    rows: dict[str, list[RecordRow]] = defaultdict(list)
-    for line in lines:
-        record = parse_record(line.text, line.at)
-        assert not isinstance(record, Refused), (line.text, record)
-        if isinstance(record, PatientIn):
-            enrolments[record.patient] = record
-        else:
-            rows[record.patient] += record.rows()
+    now = max(line.at for line in lines)
+    patients, refused = read_feed((line.text for line in lines), now=now)
+    assert refused == []
     truth = {t["pseudonym"]: t for t in study.truth()[1:]}
     graded = []
-    for name, enrolment in enrolments.items():
-        tl = timeline(enrolment, rows[name])
-        until = max(r.occurred_at for r in rows[name])
+    for name, collected in patients.items():
+        tl = timeline_of(collected)
+        until = max(row.occurred_at for _, row in collected.rows)
         episode, snapshots = episode_until(tl, until, StateSettings())
         attributed = {
             round(hours_since_infusion(tl, s.at), 4)

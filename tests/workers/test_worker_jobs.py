@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import conftest
 import pytest
-import worker_harness
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -470,8 +470,8 @@ def test_the_dispatcher_is_a_dispatcher(app: CrsmonCelery) -> None:
 def test_missing_services_fail_under_ci_and_skip_elsewhere(
     in_ci: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_harness, "IN_CI", in_ci)
+    monkeypatch.setattr(conftest, "IN_CI", in_ci)
     expected = pytest.fail.Exception if in_ci else pytest.skip.Exception
     with pytest.raises(expected, match="redis-server is not installed"):
-        worker_harness.require(False, "redis-server is not installed")
-    worker_harness.require(True, "present")
+        conftest.require(False, "redis-server is not installed")
+    conftest.require(True, "present")

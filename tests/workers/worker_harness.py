@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import require
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,22 +46,12 @@ from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI") == "true"
 
 #: Broker timing for the process tests: the shortest visibility timeout the
 #: settings allow, so a killed worker's message comes back within seconds.
 FAST_VISIBILITY_TIMEOUT_S = 10
 FAST_TASK_TIME_LIMIT_S = 8
 FAST_SWEEP_S = 1.0
-
-
-def require(available: bool, message: str) -> None:
-    """Skip when a service is missing, except under CI=true, where it fails."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: a missing service fails, never skips)")
-    pytest.skip(message)
 
 
 def free_port() -> int:
