@@ -406,21 +406,22 @@ def _record_flag_alerts(
 def _risk_alerts(
     rule_set: str, signals: Sequence[RiskSignal]
 ) -> Iterator[AlertDecision]:
-    """High risk once per run of high predictions of one model and horizon."""
+    """High risk once per episode for each model and horizon: at the first
+    prediction at or above its threshold. The signals end at the first grade
+    >= 3 (the model predicts reaching it), so the episode is the time below it;
+    a later dip and rise is the same risk, not a new alert."""
     ordered = sorted(
         signals, key=lambda s: (s.model_version, s.horizon_h, s.t_hours, s.probability)
     )
     for _, series in groupby(ordered, key=lambda s: (s.model_version, s.horizon_h)):
-        was_high = False
-        for s in series:
-            if s.high and not was_high:
-                yield _risk_decision(rule_set, s)
-            was_high = s.high
+        first = next((s for s in series if s.high), None)
+        if first is not None:
+            yield _risk_decision(rule_set, first)
 
 
 def _risk_decision(rule_set: str, s: RiskSignal) -> AlertDecision:
     kind, horizon = AlertKind.HIGH_RISK, num(s.horizon_h)
-    key = f"{kind}:model={s.model_version}:horizon={horizon}@{num(s.t_hours)}"
+    key = f"{kind}:model={s.model_version}:horizon={horizon}"
     text = (
         f"risk model {s.model_version}: probability {s.probability:g} >= threshold "
         f"{s.threshold:g} within {horizon} h"

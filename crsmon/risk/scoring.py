@@ -5,7 +5,7 @@ is below grade 3 and before the first grade >= 3, with the shipped dynamic
 model (P(grade >= 3 within its horizon)). The probability, the model key and
 the top contributing features are stored with the grade row; the series
 becomes :class:`crsmon.domain.alerts.RiskSignal`\\ s, from which the core
-raises ``high_risk`` once per run of high predictions. The model never
+raises ``high_risk`` once per episode (the first high prediction). The model never
 changes a grade.
 
 With no model (none configured, or one that fails its checks) the service

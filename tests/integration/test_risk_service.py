@@ -1,5 +1,5 @@
 """The risk model in the service, on SQLite and PostgreSQL: scores stored with
-grades, ``high_risk`` raised once per run, grades never changed, and a missing
+grades, ``high_risk`` raised once per episode, grades never changed, and a missing
 or refused model reported, never fatal."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_scores_are_stored_with_grades_and_never_change_them(
     (alert,) = high
     assert alert.severity == "critical"
     assert alert.reasons[0].startswith(f"risk model {scorer.key}: probability")
-    assert alert.dedup_key.startswith(f"high_risk:model={scorer.key}:horizon=48.0@")
+    assert alert.dedup_key == f"high_risk:model={scorer.key}:horizon=48.0"
     grades_with = [(g.t_hours, g.grade, g.reasons) for g in grades]
     with sessions.begin() as session:
         for g in session.scalars(select(Grade)):

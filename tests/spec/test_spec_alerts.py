@@ -457,7 +457,7 @@ RISK = """
 | 12 | 24      | 0.5  | 0.3       | m1    | y     |
 | 14 | 24      | 0.6  | 0.3       | m1    |       |
 | 16 | 24      | 0.1  | 0.3       | m1    |       |
-| 20 | 24      | 0.3  | 0.3       | m1    | y     |
+| 20 | 24      | 0.3  | 0.3       | m1    |       |
 | 12 | 48      | 0.4  | 0.3       | m1    | y     |
 | 12 | 24      | 0.9  | 0.5       | m2    | y     |
 """
@@ -477,15 +477,15 @@ def _signals(table: str) -> list[RiskSignal]:
     ]
 
 
-def test_high_risk_once_per_run_of_high_predictions() -> None:
-    """A risk stays one alert while it stays high; a new rise is a new alert."""
+def test_high_risk_once_per_episode_and_model() -> None:
+    """One alert per model and horizon, at the first high prediction; a dip and a
+    new rise (t 16, 20) is the same risk, not a second alert."""
     result, _ = graded(QUIET)
     signals = _signals(RISK)
     decisions = decide_alerts(result, risk_signals=signals)
     starts = [r for r in parse_table(RISK) if r["alert"] == "y"]
     assert sorted(d.dedup_key for d in decisions) == sorted(
-        f"high_risk:model={r['model']}:horizon={float(r['horizon'])}@{float(r['t'])}"
-        for r in starts
+        f"high_risk:model={r['model']}:horizon={float(r['horizon'])}" for r in starts
     )
     assert decide_alerts(result, risk_signals=signals[::-1]) == decisions
     first = decisions[0]
@@ -595,7 +595,7 @@ KEY = re.compile(
     r"|(possible_masked_crs|hypoxemia_without_support):(course|run)@-?[\d.]+"
     r"|data_quality:(record=[^:]+|t@-?[\d.]+):[a-z_.2]+"
     r"|stale_monitoring:gap@[\d.]+"
-    r"|high_risk:model=.+:horizon=[\d.]+@-?[\d.]+"
+    r"|high_risk:model=.+:horizon=[\d.]+"
 )
 
 
