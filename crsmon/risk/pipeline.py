@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,27 +19,41 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.metrics import roc_auc_score
 
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.risk.artifacts import LoadedModel, load_model, save_model
 from crsmon.risk.dataset import PatientData, load_patients
-from crsmon.risk.metrics import Scores, evaluate_scores, median, reliability_plot
+from crsmon.risk.metrics import (
+    Scores,
+    bootstrap_auroc_ci,
+    evaluate_scores,
+    median,
+    reliability_plot,
+)
 from crsmon.risk.training import (
+    ALERT_SENSITIVITY,
     HORIZONS_H,
+    LANDMARKS_H,
     SEED,
     baseline_design,
     dynamic_design,
     fit,
     fit_comparator,
+    peaks_before_severe,
     prediction_times,
-    youden_threshold,
+    sensitivity_threshold,
 )
 
 RULE_SET = "astct-2019"
 """The outcome's grading: ASTCT 2019 as crsmon applies it (grade >= 3)."""
-LANDMARKS_H = (24.0, 48.0)
 ALERT_MODEL = "dynamic_48h"
 """The model whose threshold raises ``high_risk`` in the service."""
+THRESHOLD_RULE = (
+    f"the highest probability that {ALERT_SENSITIVITY:.0%} of the training patients "
+    "who reached grade 3 reached in a rolling prediction before it "
+    "(out-of-fold predictions, grouped 5-fold)"
+)
 NOTICE = "SYNTHETIC DATA; crsmon is research software, not a medical device"
 
 COMPARATORS = {
@@ -62,12 +76,22 @@ def _sha256(path: Path) -> str:
 
 
 def train(feed: Path, out: Path, *, now: datetime, created_at: datetime) -> list[Path]:
-    """Fit and write every model; return the manifests written."""
-    patients = _patients(feed, now)
+    """Fit and write every model from a feed; return the manifests written."""
+    return train_on(_patients(feed, now), _sha256(feed), out, created_at=created_at)
+
+
+def train_on(
+    patients: Sequence[PatientData],
+    feed_sha256: str,
+    out: Path,
+    *,
+    created_at: datetime,
+) -> list[Path]:
+    """Fit and write every model from a feed's patients (see :func:`train`)."""
     common = {
         "outcome": "first crsmon ASTCT grade >= 3 (rule set astct-2019)",
         "rule_set": RULE_SET,
-        "training_data_sha256": _sha256(feed),
+        "training_data_sha256": feed_sha256,
         "training_patients": len(patients),
         "seed": SEED,
         "created_at": created_at.isoformat(),
@@ -81,22 +105,27 @@ def train(feed: Path, out: Path, *, now: datetime, created_at: datetime) -> list
             fitted.estimator, out, "baseline",
             {**common, "kind": "baseline", "horizon_h": None,
              "features": list(base.names), "chosen": fitted.chosen,
-             "held_out_auroc": fitted.held_out_auroc, "rows": fitted.rows,
-             "events": fitted.events},
+             "held_out_auroc": fitted.held_out_auroc,
+             "held_out_measure": "AUROC, 30 % of training patients held out",
+             "rows": fitted.rows, "events": fitted.events},
         )
     )  # fmt: skip
     designs = {h: dynamic_design(patients, h) for h in HORIZONS_H}
     for horizon, design in designs.items():
         fitted = fit(design)
-        p = fitted.estimator.predict_proba(design.x)[:, 1]
+        peaks = peaks_before_severe(design, fitted.out_of_fold)
         written.append(
             save_model(
                 fitted.estimator, out, f"dynamic_{horizon:g}h",
                 {**common, "kind": "dynamic", "horizon_h": horizon,
                  "features": list(design.names), "chosen": fitted.chosen,
-                 "held_out_auroc": fitted.held_out_auroc, "rows": fitted.rows,
+                 "held_out_auroc": fitted.held_out_auroc,
+                 "held_out_measure": "mean AUROC at the 24 h and 48 h landmarks "
+                 "(grade >= 3 later), 30 % of training patients held out",
+                 "rows": fitted.rows,
                  "events": fitted.events,
-                 "default_threshold": youden_threshold(design.y, p)},
+                 "default_threshold": sensitivity_threshold(peaks),
+                 "threshold_rule": THRESHOLD_RULE},
             )
         )  # fmt: skip
     for name, (kind, columns) in COMPARATORS.items():
@@ -129,14 +158,16 @@ class LeadTime:
 
     @property
     def burden_per_patient_day(self) -> float:
-        """Alerts (runs of high predictions) per patient-day of prediction."""
+        """Alerts (one per patient at most, as the service raises them) per
+        patient-day of prediction."""
         return self.alerts / self.patient_days if self.patient_days else 0.0
 
 
 def lead_time(
     model: LoadedModel, patients: Sequence[PatientData], threshold: float
 ) -> LeadTime:
-    """Rolling scores every 4 h; an alert when a run of p >= threshold starts."""
+    """Rolling scores every 4 h; an alert at the first p >= threshold (once per
+    patient and episode, as the service raises ``high_risk``)."""
     leads: list[float] = []
     alerts = 0
     days = 0.0
@@ -146,19 +177,14 @@ def lead_time(
         if not times:
             continue
         p = model.probabilities([patient.dynamic_row(t) for t in times])
-        starts = [
-            t
-            for i, t in enumerate(times)
-            if p[i] >= threshold and (i == 0 or p[i - 1] < threshold)
-        ]
-        alerts += len(starts)
+        first = next((t for i, t in enumerate(times) if p[i] >= threshold), None)
+        alerts += first is not None
         days += (times[-1] - times[0] + 4.0) / 24
         severe = patient.first_severe_h
         if severe is not None:
             severe_count += 1
-            before = [t for t in starts if t < severe]
-            if before:
-                leads.append(severe - before[0])
+            if first is not None:  # prediction times all come before grade 3
+                leads.append(severe - first)
     return LeadTime(threshold, severe_count, len(leads), median(leads), alerts, days)
 
 
@@ -204,7 +230,13 @@ def evaluate(
     now: datetime,
 ) -> dict[str, Any]:
     """Every metric of the issue, as JSON-ready data; a reliability plot per set."""
-    patients = _patients(feed, now)
+    return evaluate_on(_patients(feed, now), truth, models_dir, out)
+
+
+def evaluate_on(
+    patients: Sequence[PatientData], truth: Path, models_dir: Path, out: Path
+) -> dict[str, Any]:
+    """:func:`evaluate` on a feed's patients."""
     models = load_models(models_dir)
     with truth.open(encoding="utf-8") as lines:
         true_risk = {
@@ -222,6 +254,11 @@ def evaluate(
         "true_risk_ceiling": ceiling,
     }
     report["baseline"] = _block(y, base_scores)
+    subgroups = {
+        "baseline": _subgroups(
+            patients, y, {k: base_scores[k] for k in ("baseline", "true_risk_ceiling")}
+        )
+    }
     reliability_plot(
         {k: (y, v) for k, v in base_scores.items()},
         out / "reliability_baseline.png",
@@ -246,6 +283,9 @@ def evaluate(
             "dynamic_24h": _within(eligible, hours, 24.0),
         }
         report[f"landmark_{hours:g}h"] = _block(ly, scores, targets)
+        subgroups[f"landmark_{hours:g}h"] = _subgroups(
+            eligible, ly, {k: scores[k] for k in (ALERT_MODEL, "true_risk_ceiling")}
+        )
         reliability_plot(
             {k: (ly, v) for k, v in scores.items() if k.startswith("dynamic")},
             out / f"reliability_landmark_{hours:g}h.png",
@@ -265,9 +305,45 @@ def evaluate(
         "median_lead_time_h": lead.median_lead_h,
         "alerts_per_patient_day": lead.burden_per_patient_day,
     }
+    report["subgroups"] = subgroups
     report["models"] = {name: m.key for name, m in models.items()}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+SUBGROUPS: dict[str, Callable[[PatientData], bool]] = {
+    "age <3 y": lambda p: p.baseline.age_years < 3,
+    "age 3-17 y": lambda p: 3 <= p.baseline.age_years < 18,
+    "age >=18 y": lambda p: p.baseline.age_years >= 18,
+    "marrow disease": lambda p: p.baseline.isolated_extramedullary is False,
+    "isolated extramedullary": lambda p: p.baseline.isolated_extramedullary is True,
+}
+"""TRIPOD+AI subgroups (risk.md §4.3). One product in the synthetic cohort, so
+no split by product."""
+
+
+def _subgroups(
+    patients: Sequence[PatientData],
+    y: NDArray[np.int64],
+    scores: dict[str, NDArray[np.float64]],
+) -> dict[str, Any]:
+    """Per subgroup: size, events, and each score's AUROC (None: one class only)."""
+    found: dict[str, Any] = {}
+    for group, member in SUBGROUPS.items():
+        index = np.asarray([member(p) for p in patients], dtype=bool)
+        gy = y[index]
+        entry: dict[str, Any] = {"n": int(index.sum()), "events": int(gy.sum())}
+        for name, score in scores.items():
+            if 0 < gy.sum() < len(gy):
+                low, high = bootstrap_auroc_ci(gy, score[index])
+                entry[name] = {
+                    "auroc": float(roc_auc_score(gy, score[index])),
+                    "auroc_ci95": (low, high),
+                }
+            else:
+                entry[name] = None
+        found[group] = entry
+    return found
 
 
 def _block(
@@ -327,4 +403,18 @@ def table(report: dict[str, Any]) -> str:
         f"{'-' if lead is None else f'{lead:.0f} h'}, "
         f"{a['alerts_per_patient_day']:.3f} alerts per patient-day"
     )
+    lines.append("\nsubgroups (AUROC of the model; of the true risk)")
+    for block, groups in report["subgroups"].items():
+        model = "baseline" if block == "baseline" else ALERT_MODEL
+        for group, entry in groups.items():
+            mine, ceiling = entry[model], entry["true_risk_ceiling"]
+            shown = (
+                "-"
+                if mine is None or ceiling is None
+                else f"{mine['auroc']:.3f}; {ceiling['auroc']:.3f}"
+            )
+            lines.append(
+                f"  {block:<14}{group:<26}n {entry['n']:>5}  events "
+                f"{entry['events']:>4}  {shown}"
+            )
     return "\n".join(lines)

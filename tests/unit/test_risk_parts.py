@@ -29,8 +29,9 @@ from crsmon.risk.training import (
     dynamic_design,
     fit,
     fit_comparator,
+    peaks_before_severe,
     prediction_times,
-    youden_threshold,
+    sensitivity_threshold,
 )
 from crsmon.synth import build_feed
 
@@ -96,6 +97,8 @@ def test_a_fitted_model_round_trips_and_every_check_refuses(
     design = dynamic_design(patients, 48.0)
     fitted = fit(design)
     assert fitted.chosen in {"logistic", "gradient_boosting"}
+    assert fitted.out_of_fold.shape == design.y.shape
+    assert ((fitted.out_of_fold > 0) & (fitted.out_of_fold < 1)).all()
     assert set(fitted.held_out_auroc) == {"logistic", "gradient_boosting"}
     manifest = {"kind": "dynamic", "features": list(design.names), "horizon_h": 48}
     path = save_model(fitted.estimator, tmp_path, "m", manifest)
@@ -107,6 +110,16 @@ def test_a_fitted_model_round_trips_and_every_check_refuses(
     assert model.key.startswith("m@")
     with pytest.raises(ValueError, match="feature of the model is missing"):
         model.probabilities([patients[0].baseline_row()])
+    # Same data, same seed: the same choice, held-out figures and predictions.
+    # (Not the same file bytes: skops names arrays by memory address.)
+    again = fit(design)
+    assert (again.chosen, again.held_out_auroc) == (
+        fitted.chosen,
+        fitted.held_out_auroc,
+    )
+    twin = load_model(save_model(again.estimator, tmp_path / "again", "m", manifest))
+    every = [p.dynamic_row(t) for p in patients[:20] for t in (4.0, 24.0, 48.0)]
+    assert twin.probabilities(every) == model.probabilities(every)
 
     def refused(change: dict[str, object], match: str) -> None:
         content = json.loads(path.read_text())
@@ -151,8 +164,32 @@ def test_comparators_and_thresholds(patients: list) -> None:  # type: ignore[typ
     design = baseline_design(patients)
     comparator = fit_comparator(design, ("age_years",))
     assert comparator.predict_proba(design.x[:, [8]]).shape == (len(patients), 2)
-    y = np.asarray([0, 0, 1, 1], dtype=np.int64)
-    assert youden_threshold(y, np.asarray([0.1, 0.2, 0.7, 0.9])) == 0.7
+    peaks = np.asarray([0.9, 0.1, 0.5, 0.7, 0.3])
+    # 80 % of 5 is 4 patients: the 4th highest peak still alerts all four.
+    assert sensitivity_threshold(peaks, 0.8) == 0.3
+    assert sensitivity_threshold(peaks, 0.6) == 0.5
+    assert sensitivity_threshold(peaks, 1.0) == 0.1
+    assert sensitivity_threshold(peaks, 0.2) == 0.9
+    with pytest.raises(ValueError, match="no patient reached grade 3"):
+        sensitivity_threshold(np.asarray([]))
+    with pytest.raises(ValueError, match="sensitivity"):
+        sensitivity_threshold(peaks, 0.0)
+
+
+def test_peaks_are_per_severe_patient_over_their_rows(patients: list) -> None:  # type: ignore[type-arg]
+    """One peak per patient who reached grade 3 (and had a row before it), the
+    highest prediction among their rows; a baseline design is refused."""
+    design = dynamic_design(patients, 48.0)
+    hours = design.x[:, DYNAMIC_FEATURES.index("hours_since_infusion")]
+    peaks = peaks_before_severe(design, hours / 1000)
+    with_rows = [p for p in patients if prediction_times(p) and p.first_severe_h]
+    assert len(with_rows) > 0
+    assert peaks.tolist() == pytest.approx(
+        [max(prediction_times(p)) / 1000 for p in with_rows]
+    )
+    assert all(max(prediction_times(p)) < p.first_severe_h for p in with_rows)
+    with pytest.raises(ValueError, match="rolling design"):
+        peaks_before_severe(baseline_design(patients), np.zeros(len(patients)))
 
 
 def test_metrics_on_known_scores() -> None:
