@@ -178,17 +178,22 @@ def deliveries_per_task(settings: Settings) -> int:
 
 @shared_task(bind=True, name=DELIVER_TASK)
 def deliver_webhooks_task(self: Task[Any, Any]) -> dict[str, int]:
-    """Send the webhook pushes that are due (bounded batch; the rest next time)."""
+    """Send the webhook pushes that are due, in bounded batches: a full batch
+    asks for the next one at once (a failed push waits for its backoff, so
+    this ends when nothing is due)."""
     app = crsmon_app(self.app)
     context = app.runtime().context
     if context.webhooks is None:
         return {"attempted": 0}
+    limit = deliveries_per_task(app.crsmon_settings)
     report = deliver_due(
         context.sessions,
         context.webhooks,
         clock=lambda: datetime.now(UTC),
-        limit=deliveries_per_task(app.crsmon_settings),
+        limit=limit,
     )
+    if report.attempted >= limit:  # more may be due: the next batch now, not
+        _publish(app, DELIVER_TASK)  # at the next sweep
     return asdict(report)
 
 
