@@ -8,8 +8,6 @@ from pathlib import Path
 
 import click
 
-from crsmon.risk.artifacts import ModelFileError
-
 DEFAULT_MODELS = Path("models")
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -69,6 +67,7 @@ def train(feed: Path, out: Path) -> None:
 )
 def evaluate(feed: Path, truth: Path, models_dir: Path, out: Path) -> None:
     """Evaluate the models on FEED (another seed than training): JSON and a table."""
+    from crsmon.risk.artifacts import ModelFileError
     from crsmon.risk.pipeline import evaluate as run
     from crsmon.risk.pipeline import table
 

@@ -164,7 +164,8 @@ def load_model(manifest_path: Path) -> LoadedModel:
         raise ModelFileError(f"manifest: unreadable ({type(exc).__name__})") from None
     if not model_file.is_file():
         raise ModelFileError(f"file: {model_file.name} is missing")
-    if sha256_of(model_file) != expected:
+    content = model_file.read_bytes()  # read once: checked and loaded alike
+    if hashlib.sha256(content).hexdigest() != expected:
         raise ModelFileError("sha256: the model file does not match its manifest")
     if _minor(trained_with) != _minor(sklearn.__version__):
         raise ModelFileError(
@@ -174,9 +175,23 @@ def load_model(manifest_path: Path) -> LoadedModel:
     known = FEATURE_SETS.get(kind, ())
     if not features or [f for f in known if f in features] != list(features):
         raise ModelFileError("features: not the features this crsmon computes")
-    untrusted = set(skops.io.get_untrusted_types(file=model_file))
-    unknown = sorted(untrusted - TRUSTED_TYPES)
-    if unknown:
-        raise ModelFileError(f"types: not trusted: {', '.join(unknown)}")
-    estimator = skops.io.load(model_file, trusted=sorted(untrusted))
-    return LoadedModel(manifest, estimator)
+    return LoadedModel(manifest, _estimator(content, expected))
+
+
+_LOADED: dict[str, Any] = {}
+_KEEP = 16
+
+
+def _estimator(content: bytes, sha256: str) -> Any:
+    """The estimator of verified file content, built once per content: every
+    API app, policy and grading run of a process shares one read-only object.
+    ``sha256`` has just been checked against ``content``, so it is the key."""
+    if sha256 not in _LOADED:
+        untrusted = set(skops.io.get_untrusted_types(data=content))
+        unknown = sorted(untrusted - TRUSTED_TYPES)
+        if unknown:
+            raise ModelFileError(f"types: not trusted: {', '.join(unknown)}")
+        if len(_LOADED) >= _KEEP:
+            _LOADED.clear()
+        _LOADED[sha256] = skops.io.loads(content, trusted=sorted(untrusted))
+    return _LOADED[sha256]

@@ -115,8 +115,7 @@ class RiskScorer:
             dynamic_features(baseline, timeline, infusion + timedelta(hours=t), grade)
             for t, grade in chosen
         ]
-        p = self.model.probabilities(rows)
-        tops = top_contributions(self.model, self.model.matrix(rows))
+        p, tops = explained(self.model, self.model.matrix(rows))
         return [RiskPoint(t, p[i], tops[i]) for i, (t, _) in enumerate(chosen)]
 
     def signals(self, points: Sequence[RiskPoint]) -> list[RiskSignal]:
@@ -145,7 +144,15 @@ def describe(feature: dict[str, Any]) -> str:
 def top_contributions(
     model: LoadedModel, x: NDArray[Any]
 ) -> list[tuple[dict[str, Any], ...]]:
-    """Per row, the features whose value moved the probability most.
+    """Per row, the features whose value moved the probability most (see
+    :func:`explained`)."""
+    return explained(model, x)[1]
+
+
+def explained(
+    model: LoadedModel, x: NDArray[Any]
+) -> tuple[list[float], list[tuple[dict[str, Any], ...]]]:
+    """Per row, the probability and the features whose value moved it most.
 
     Occlusion, for any model: a feature's contribution is p(row) minus p(row
     with that feature set to its training median, the value the model's own
@@ -156,12 +163,17 @@ def top_contributions(
 
     medians = model.estimator.calibrated_classifiers_[0].estimator.steps[0][1]
     typical = medians.statistics_
-    p = model.estimator.predict_proba(x)[:, 1]
+    n, k = x.shape
+    # One call for the row and its k occluded copies (one per feature): the
+    # pipeline's per-call cost dominates for the few rows of one patient.
+    stacked = np.tile(x, (k + 1, 1))
+    for j in range(k):
+        stacked[(j + 1) * n : (j + 2) * n, j] = typical[j]
+    p_all = model.estimator.predict_proba(stacked)[:, 1]
+    p = p_all[:n]
     moved = np.empty_like(x)
-    for j in range(x.shape[1]):
-        occluded = x.copy()
-        occluded[:, j] = typical[j]
-        moved[:, j] = p - model.estimator.predict_proba(occluded)[:, 1]
+    for j in range(k):
+        moved[:, j] = p - p_all[(j + 1) * n : (j + 2) * n]
     tops = []
     for i in range(len(x)):
         order = np.argsort(-np.abs(moved[i]))[:TOP_FEATURES]
@@ -175,7 +187,7 @@ def top_contributions(
                 for j in order
             )
         )
-    return tops
+    return [float(v) for v in p], tops
 
 
 def _raw(row: NDArray[Any], j: int) -> float | None:

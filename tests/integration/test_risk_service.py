@@ -159,3 +159,34 @@ def _timeline() -> Any:
     from crsmon.domain.records import PatientTimeline
 
     return PatientTimeline(infusion_at=NOW)
+
+
+def test_contributions_are_the_occlusion_differences(model_dir: Path) -> None:
+    """Each reported contribution is p(row) - p(row with that feature at its
+    training median), computed one feature at a time here; the top three by size."""
+    import numpy as np
+
+    from crsmon.risk.artifacts import load_model
+    from crsmon.risk.scoring import TOP_FEATURES, top_contributions
+
+    model = load_model(model_dir / "dynamic_48h.json")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, len(model.features)))
+    x[1, 2] = np.nan
+    medians = model.estimator.calibrated_classifiers_[0].estimator.steps[0][1]
+    p = model.estimator.predict_proba(x)[:, 1]
+    tops = top_contributions(model, x)
+    for i in range(len(x)):
+        expected = []
+        for j in range(x.shape[1]):
+            occluded = x[i : i + 1].copy()
+            occluded[0, j] = medians.statistics_[j]
+            expected.append(p[i] - model.estimator.predict_proba(occluded)[0, 1])
+        order = sorted(range(len(expected)), key=lambda j: -abs(expected[j]))
+        assert len(tops[i]) == TOP_FEATURES
+        for found, j in zip(tops[i], order[:TOP_FEATURES], strict=True):
+            assert found["feature"] == model.features[j]
+            assert found["contribution"] == pytest.approx(expected[j], abs=1e-4)
+    for found in tops[1]:  # a missing value is reported as missing, not as a number
+        if found["feature"] == model.features[2]:
+            assert found["value"] is None
