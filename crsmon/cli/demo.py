@@ -33,6 +33,7 @@ from crsmon.db.migrate import upgrade
 from crsmon.db.models import Alert, Grade, Patient, QuarantinedRecord
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.rules import RuleSet
+from crsmon.risk.scoring import RiskScorer
 from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import Outcome, ingest_text
 from crsmon.services.monitoring import AlertPolicy
@@ -42,6 +43,8 @@ from crsmon.synth import SOURCE_SYSTEM, FeedLine, SyntheticFeed, build_feed
 DEFAULT_DATABASE = Path("crsmon-demo.sqlite3")
 """In the current directory, so it can be opened afterwards; replaced each run."""
 
+SEVERE = 3
+_HOUR = timedelta(hours=1)
 DISCLAIMER = "research software, not a medical device; synthetic data"
 CHANNEL = "demo"
 """The quarantine channel of refused demo lines."""
@@ -266,6 +269,7 @@ def demo(
     from the settings. Every patient and value is synthetic.
     """
     settings = load_settings()
+    policy = AlertPolicy.from_settings(settings)
     run = run_demo(
         database,
         now=now or datetime.now(UTC),
@@ -274,11 +278,11 @@ def demo(
         seed=seed,
         grade_every=timedelta(hours=grade_every),
         rules=resolve_rule_set(settings.rule_set),
-        policy=AlertPolicy.from_settings(settings),
+        policy=policy,
     )
     if save_feed is not None:
         save_feed.write_text(run.feed.ndjson(), encoding="utf-8")
-    print_summary(run, resolve_rule_set(settings.rule_set), console())
+    print_summary(run, resolve_rule_set(settings.rule_set), console(), policy.risk)
 
 
 def current_max_grades(session: Session, rule_set: str) -> dict[int, int]:
@@ -299,14 +303,18 @@ def current_max_grades(session: Session, rule_set: str) -> dict[int, int]:
     return best
 
 
-def print_summary(run: DemoRun, rules: RuleSet, out: Console) -> None:
-    """Patients by maximum grade, alerts by kind, refused lines, timing."""
+def print_summary(
+    run: DemoRun, rules: RuleSet, out: Console, risk: RiskScorer | None = None
+) -> None:
+    """Patients by maximum grade, risk beside the grades, alerts by kind,
+    refused lines, timing."""
     feed = run.feed
     url = f"sqlite:///{run.database.resolve()}"
     engine = make_engine(url)
     try:
         with make_sessions(engine)() as session:
             tables = _tables(session, rules)
+            tables.insert(1, risk_table(session, rules, risk))
     finally:
         engine.dispose()
     out.print(
@@ -336,6 +344,62 @@ def print_summary(run: DemoRun, rules: RuleSet, out: Console) -> None:
         f"{seconds['replay']:.1f} s)"
     )
     out.print(Text(f"crsmon demo: {DISCLAIMER}.", style="bold"))
+
+
+def risk_table(session: Session, rules: RuleSet, risk: RiskScorer | None) -> Table:
+    """Per patient: the grade, the highest risk score and when ``high_risk`` came,
+    against when grade 3 came (hours since infusion)."""
+    if risk is None:
+        table = Table(title="Risk beside the grades: no risk model loaded")
+        table.add_column("see /health/ready or CRSMON_RISK_MODEL_DIR")
+        return table
+    table = Table(
+        title=f"Risk beside the grades ({risk.key}, P(grade >= 3 within "
+        f"{risk.horizon_h:g} h), high_risk at >= {risk.threshold:.3f})"
+    )
+    for name, justify in (
+        ("patient (synthetic)", "left"),
+        ("max grade", "center"),
+        ("peak risk", "right"),
+        ("high_risk at", "right"),
+        ("grade >= 3 at", "right"),
+        ("lead", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    best = current_max_grades(session, rules.key)
+    for patient in session.scalars(select(Patient).order_by(Patient.pseudonym)):
+        peak = session.scalar(
+            select(func.max(Grade.risk_probability)).where(
+                Grade.patient_id == patient.id, Grade.rule_set == rules.key
+            )
+        )
+        severe = session.scalar(
+            select(func.min(Grade.t_hours)).where(
+                Grade.patient_id == patient.id,
+                Grade.rule_set == rules.key,
+                Grade.grade >= SEVERE,
+            )
+        )
+        alerted = session.scalar(
+            select(func.min(Alert.triggered_at)).where(
+                Alert.patient_id == patient.id, Alert.kind == "high_risk"
+            )
+        )
+        alert_h = None if alerted is None else (alerted - patient.infusion_at) / _HOUR
+        lead = (
+            "-"
+            if alert_h is None or severe is None or alert_h > severe
+            else f"{severe - alert_h:.0f} h"
+        )
+        table.add_row(
+            Text(patient.pseudonym),
+            str(best.get(patient.id, 0)),
+            "-" if peak is None else f"{peak:.0%}",
+            "-" if alert_h is None else f"{alert_h:.0f} h",
+            "-" if severe is None else f"{severe:.0f} h",
+            lead,
+        )
+    return table
 
 
 def _tables(session: Session, rules: RuleSet) -> list[Table]:

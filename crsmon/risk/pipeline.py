@@ -286,10 +286,10 @@ def evaluate_on(
         subgroups[f"landmark_{hours:g}h"] = _subgroups(
             eligible, ly, {k: scores[k] for k in (ALERT_MODEL, "true_risk_ceiling")}
         )
-        reliability_plot(
-            {k: (ly, v) for k, v in scores.items() if k.startswith("dynamic")},
+        reliability_plot(  # each against what it predicts: grade 3 within its horizon
+            {k: (targets[k], scores[k]) for k in targets},
             out / f"reliability_landmark_{hours:g}h.png",
-            f"Dynamic models at {hours:g} h, patients below grade 3 (synthetic)",
+            f"Dynamic models at {hours:g} h: grade >= 3 within horizon",
         )
     alert = models[ALERT_MODEL]
     threshold = float(alert.manifest["default_threshold"])

@@ -254,6 +254,9 @@ def fit(design: Design) -> Fitted:
     )
     sigmoid = calibrated.calibrated_classifiers_[0].calibrators[0]
     out_of_fold = np.asarray(sigmoid.predict(raw), dtype=np.float64)
+    # The folds were GroupKFold(5) on the patients; keep the splitter, not the
+    # row indices of every fold (megabytes in the model file, unused to predict).
+    calibrated.set_params(cv=GroupKFold(n_splits=5))
     return Fitted(
         calibrated,
         chosen,

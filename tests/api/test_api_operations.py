@@ -18,7 +18,7 @@ from crsmon.api.app import app_from_environment, create_app
 from crsmon.api.cli import serve
 from crsmon.api.limits import declared_length
 from crsmon.db.models import ClinicalRecord, Patient, QuarantinedRecord
-from crsmon.settings import Settings
+from crsmon.settings import SHIPPED_MODELS, Settings
 
 pytest_plugins = ("api_fixtures",)
 
@@ -42,18 +42,21 @@ def test_live_answers_without_touching_dependencies(client: TestClient) -> None:
 
 
 def test_ready_checks_the_database_and_no_broker_by_default(client: TestClient) -> None:
-    """Ready: SELECT 1 answered; no broker configured is not a failure; with no
-    shipped risk model yet the service grades on and says so."""
+    """Ready: SELECT 1 answered; no broker configured is not a failure; the
+    shipped risk model (models/) is loaded, verified, and named with its
+    threshold."""
     reply = client.get("/health/ready")
     assert reply.status_code == 200
-    assert reply.json() == {
+    body = reply.json()
+    risk = body["checks"].pop("risk_model")
+    assert body == {
         "status": "ready",
-        "checks": {
-            "database": "ok",
-            "broker": "not configured",
-            "risk_model": "not configured (no dynamic_48h.json in the model directory)",
-        },
+        "checks": {"database": "ok", "broker": "not configured"},
     }
+    shipped = json.loads((SHIPPED_MODELS / "dynamic_48h.json").read_text())
+    digest = shipped["sha256"][:12]
+    threshold = shipped["default_threshold"]
+    assert risk == f"ok (dynamic_48h@{digest}, threshold {threshold:.3f})"
 
 
 def test_ready_names_a_broker_that_does_not_answer(make_client: MakeClient) -> None:

@@ -93,6 +93,38 @@ def test_grades_and_alerts_are_in_the_database(default_run: DemoResult) -> None:
         assert states == {"graded"}
 
 
+def test_risk_scores_and_alerts_sit_beside_the_grades(default_run: DemoResult) -> None:
+    """With the shipped model: every grade below 3 after infusion and before the
+    patient's first grade 3 carries a score and the model key; none after it;
+    high_risk is raised; and the summary's risk table shows it."""
+    with session_on(default_run.database) as session:
+        grades = session.scalars(select(Grade).order_by(Grade.t_hours)).all()
+        first_severe: dict[int, float] = {}
+        for g in grades:
+            if g.grade >= 3:
+                first_severe.setdefault(g.patient_id, g.t_hours)
+        scored = 0
+        for g in grades:
+            before = g.t_hours < first_severe.get(g.patient_id, float("inf"))
+            if g.grade < 3 and g.t_hours >= 0 and before:
+                assert g.risk_probability is not None, (g.patient_id, g.t_hours)
+                assert 0 <= g.risk_probability <= 1
+                assert g.risk_model is not None
+                assert g.risk_model.startswith("dynamic_48h@")
+                assert g.risk_features
+                assert len(g.risk_features) == 3
+                scored += 1
+            elif not before:
+                assert g.risk_probability is None
+        risky = session.scalars(select(Alert).where(Alert.kind == "high_risk")).all()
+    assert scored > 100
+    assert risky
+    assert all("threshold" in " ".join(a.reasons) for a in risky)
+    output = default_run.result.output
+    assert "Risk beside the grades (dynamic_48h@" in output
+    assert "high_risk" in output
+
+
 def test_each_patient_reaches_the_grade_the_generator_built(
     default_run: DemoResult,
 ) -> None:

@@ -1,5 +1,6 @@
 """End to end: HTTP in to a running `crsmon serve`, a real `crsmon worker` on the
-real PostgreSQL and a private Redis, grade and alert rows out."""
+real PostgreSQL and a private Redis, grade, risk-score and alert rows out, and
+the pushed alerts received, signed."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from worker_harness import (
 
 from crsmon.db.models import Alert, ClinicalRecord, Grade, WebhookDelivery
 from crsmon.services.webhooks import SIGNATURE_HEADER, verify_signature
+from crsmon.settings import SHIPPED_MODELS
 
 SECRET = "test-only-e2e-secret"
 
@@ -36,8 +38,9 @@ def test_an_observation_posted_over_http_is_graded_by_the_worker(
     worker_redis: RedisServer,
     worker_procs: Processes,
 ) -> None:
-    """POST /v1/records to `crsmon serve`; the worker writes grades and alerts,
-    and pushes the severe one to a webhook receiver, signed."""
+    """POST /v1/records to `crsmon serve`; the worker writes grades with the
+    shipped model's risk scores and alerts, and pushes the severe and the
+    high-risk ones to a webhook receiver, signed."""
     received: list[tuple[str, bytes]] = []
 
     class Hook(BaseHTTPRequestHandler):
@@ -58,24 +61,27 @@ def test_an_observation_posted_over_http_is_graded_by_the_worker(
         worker_redis.url,
         CRSMON_WEBHOOK_URLS=json.dumps([hook_url]),
         CRSMON_WEBHOOK_SECRET=SECRET,
+        # The shipped model scores this patient 0.007, 0.017, then 0.081 at
+        # grade 2 (26 h): a configured threshold of 0.05 is crossed there once.
+        CRSMON_RISK_THRESHOLD="0.05",
     )
     try:
         _post_and_check(env, worker_pg_sessions, worker_procs)
-        wait_until(lambda: bool(received), 60, "the severe alert pushed")
+        wait_until(lambda: len(received) >= 2, 60, "the two alerts pushed")
     finally:
         hook.shutdown()
         hook.server_close()
-    ((signature, body),) = received
     now = int(time.time())
-    assert verify_signature(SECRET.encode(), signature, body, now=now)
-    assert json.loads(body)["alert"]["kind"] == "severe_crs"
+    kinds = []
+    for signature, body in received:
+        assert verify_signature(SECRET.encode(), signature, body, now=now)
+        kinds.append(json.loads(body)["alert"]["kind"])
+    assert sorted(kinds) == ["high_risk", "severe_crs"]
     with worker_pg_sessions() as session:
-        (delivery,) = session.scalars(select(WebhookDelivery)).all()
-    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (
-        "delivered",
-        1,
-        204,
-    )
+        deliveries = session.scalars(select(WebhookDelivery)).all()
+    assert [(d.status, d.attempts, d.last_status_code) for d in deliveries] == [
+        ("delivered", 1, 204)
+    ] * 2
 
 
 def _post_and_check(
@@ -117,7 +123,28 @@ def _post_and_check(
         alerts = session.scalars(select(Alert)).all()
     assert grades
     assert all(g.reasons and g.rule_set == "astct-2019" for g in grades)
-    assert {a.kind for a in alerts} >= {"crs_onset"}
+    assert {a.kind for a in alerts} >= {"crs_onset", "severe_crs", "high_risk"}
+    # The shipped model scored every grade from infusion to the first grade 3.
+    shipped = json.loads((SHIPPED_MODELS / "dynamic_48h.json").read_text())
+    key = f"dynamic_48h@{shipped['sha256'][:12]}"
+    severe_at = min(g.t_hours for g in grades if g.grade >= 3)
+    scored = [g for g in grades if 0 <= g.t_hours < severe_at]
+    assert scored
+    for g in scored:
+        assert g.risk_model == key
+        assert g.risk_probability is not None
+        assert 0 <= g.risk_probability <= 1
+        assert g.risk_features
+    assert all(g.risk_probability is None for g in grades if g.t_hours >= severe_at)
+    (risky,) = [a for a in alerts if a.kind == "high_risk"]
+    assert risky.reasons[0].startswith(f"risk model {key}: probability")
+    assert "threshold 0.05 within 48.0 h" in risky.reasons[0]
+    first_high = min(
+        g.t_hours for g in scored if g.risk_probability and g.risk_probability >= 0.05
+    )
+    assert risky.triggered_at == min(
+        g.evaluated_at for g in scored if g.t_hours == first_high
+    )
     assert all(a.reasons for a in alerts)
     listed = httpx.get(f"{base}/v1/alerts", params={"patient": "P-HTTP"}, timeout=10)
     assert listed.status_code == 200
