@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 import uvicorn
 
-from crsmon.api.app import create_app
 from crsmon.settings import load_settings
 
 
@@ -24,5 +23,7 @@ def serve(host: str, port: int, log_level: str) -> None:
     OpenAPI at /openapi.json, docs at /docs, the API under /v1, health checks
     at /health/live and /health/ready, Prometheus metrics at /metrics.
     """
+    from crsmon.api.app import create_app  # FastAPI loads only for this command
+
     app = create_app(load_settings())
     uvicorn.run(app, host=host, port=port, log_level=log_level)
