@@ -27,6 +27,7 @@ from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crsmon.cli.options import aware_time
 from crsmon.cli.tables import console
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
@@ -197,15 +198,7 @@ def run_demo(
 def _aware_time(
     _ctx: click.Context, _param: click.Parameter, value: str | None
 ) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("not an ISO 8601 time") from None
-    if at.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2025-06-01T12:00:00+00:00")
-    return at
+    return None if value is None else aware_time(value)
 
 
 @click.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from crsmon.domain.catalog import DEFAULT_RULE_SET, resolve_rule_set
@@ -25,3 +27,14 @@ rule_set_option = click.option(
     help="Rule set and settings, e.g. astct-2019+hypotension=haque "
     "(see `crsmon rules`).",
 )
+
+
+def aware_time(value: str) -> datetime:
+    """An ISO 8601 time with its UTC offset, or a click error saying what is wrong."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise click.BadParameter("give a UTC offset, e.g. 2025-06-30T00:00:00+00:00")
+    return at

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from crsmon.cli.options import aware_time
 from crsmon.synth import CohortDesign
 from crsmon.synth.cohort import GradeMode
 from crsmon.synth.study import (
@@ -35,12 +36,7 @@ FILES = ("feed.ndjson", "truth.jsonl", "manifest.json", "README.txt")
 
 
 def _data_cut(_ctx: click.Context, _param: click.Parameter, value: str) -> datetime:
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("not an ISO 8601 time") from None
-    if at.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2025-06-30T00:00:00+00:00")
+    at = aware_time(value)
     if at > datetime.now(UTC):
         raise click.BadParameter("lies in the future (feed times may not)")
     return at

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synth_fields import TIME_FIELDS
 
 from crsmon.intake.parse import Refused, parse_record
 from crsmon.synth import (
@@ -35,16 +36,6 @@ VITALS = (
     "heart_rate_per_min",
     "respiratory_rate_per_min",
     "spo2_pct",
-)
-TIME_FIELDS = (
-    "observed_at",
-    "given_at",
-    "started_at",
-    "stopped_at",
-    "start_at",
-    "end_at",
-    "at",
-    "infusion_at",
 )
 CLINICAL_KINDS = (
     "vasopressor_start",

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from synth_fields import TIME_FIELDS
 
 from crsmon.cli import main
 from crsmon.cli.ingest import ingest
@@ -27,17 +28,6 @@ from crsmon.synth import (
 
 FILES = ("feed.ndjson", "truth.jsonl", "manifest.json", "README.txt")
 FREE_TEXT = ("care_unit", "by", "reason", "correction_reason", "note")
-TIME_FIELDS = (
-    "observed_at",
-    "given_at",
-    "started_at",
-    "stopped_at",
-    "start_at",
-    "end_at",
-    "at",
-    "transferred_at",
-    "infusion_at",
-)
 
 
 def run(out: Path, *args: str) -> Result:
