@@ -35,6 +35,7 @@ from crsmon.domain.records import (
     Finding,
     InfusionRecord,
     Measurement,
+    OutcomeRecord,
     OxygenRecord,
     PatientTimeline,
     Quantity,
@@ -512,6 +513,16 @@ def timeline_from(patient: Patient, rows: list[ClinicalRecord]) -> PatientTimeli
             for r in kinds.get("treatment", [])
         ),
         attributions=tuple(_attribution(r) for r in kinds.get("attribution", [])),
+        outcomes=tuple(
+            OutcomeRecord(
+                _rid(r),
+                r.occurred_at,
+                str(r.details["event"]),
+                r.details.get("death_attributable_to_crs"),
+                r.details.get("mrd_negative"),
+            )
+            for r in kinds.get("outcome", [])
+        ),
         death=(
             None
             if not deaths

@@ -139,6 +139,18 @@ class DeathRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """A response or its absence, relapse, death, HSCT, new therapy or last
+    follow-up (docs/feed-format.md, ``outcome``), at the time it happened."""
+
+    record_id: str
+    at: datetime
+    event: str
+    death_attributable_to_crs: bool | None = None
+    mrd_negative: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PatientTimeline:
     """Everything recorded about one patient since enrolment.
 
@@ -157,3 +169,5 @@ class PatientTimeline:
     treatments: tuple[TreatmentRecord, ...] = ()
     attributions: tuple[AttributionRecord, ...] = field(default=())
     death: DeathRecord | None = None
+    outcomes: tuple[OutcomeRecord, ...] = ()
+    """Every outcome record, death included, in time order."""

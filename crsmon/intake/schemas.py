@@ -368,20 +368,45 @@ class AttributionIn(_PatientRecord):
         return [self._row("attribution", self.start_at, details=details)]
 
 
+OutcomeEvent = Literal[
+    "response",
+    "no_response",
+    "relapse",
+    "death",
+    "hsct",
+    "new_therapy",
+    "last_follow_up",
+]
+"""What an ``outcome`` record reports (docs/feed-format.md, ``outcome``)."""
+
+
 class OutcomeIn(_PatientRecord):
-    """A response, relapse, death (with cause), HSCT or last follow-up."""
+    """A response or its absence, relapse, death (with cause), HSCT, new
+    therapy or last follow-up."""
 
     kind: Literal["outcome"]
     at: Timestamp
-    event: Literal["response", "relapse", "death", "hsct", "last_follow_up"]
+    event: OutcomeEvent
     death_attributable_to_crs: bool | None = None
+    mrd_negative: bool | None = None
     note: FreeText | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_the_event(self) -> OutcomeIn:
+        if self.death_attributable_to_crs is not None and self.event != "death":
+            raise ValueError("death_attributable_to_crs: only with event death")
+        if self.mrd_negative is not None and self.event != "response":
+            raise ValueError("mrd_negative: only with event response")
+        return self
 
     def rows(self) -> list[RecordRow]:
         """One outcome row."""
         details = self.model_dump(
-            include={"event", "death_attributable_to_crs", "note"}
+            include={"event", "death_attributable_to_crs", "mrd_negative", "note"},
+            exclude_none=True,
         )
+        details.setdefault("death_attributable_to_crs", None)
+        details.setdefault("note", None)
         return [self._row("outcome", self.at, details=details)]
 
 

@@ -923,8 +923,15 @@ def _outcome_events(
     events = []
     if outcomes.response_d28 == "CR":
         events.append(
-            record(RESPONSE_DAY, "response", "day-28 marrow: MRD-negative remission")
+            record(
+                RESPONSE_DAY,
+                "response",
+                "day-28 marrow: MRD-negative remission",
+                mrd_negative=True,
+            )
         )
+    elif outcomes.response_d28 == "NR":
+        events.append(record(RESPONSE_DAY, "no_response", "day-28 marrow: no response"))
     if outcomes.hsct_day is not None:
         events.append(record(outcomes.hsct_day, "hsct", "consolidative HSCT"))
     if outcomes.relapse_day is not None:

@@ -63,11 +63,13 @@ def test_efs_event_types() -> None:
 
 
 def test_non_responders_and_early_deaths() -> None:
-    """A non-responder's record trail: no response record, a note at follow-up."""
+    """A non-responder's record trail: a no_response record at day 28 (the EFS
+    event the export reads), and a note at follow-up."""
     nr = outcomes(response_d28="NR")
     events = _outcome_events(nr, 1000 * 24 * 60, last_follow_up=True)
-    assert [e.fields["event"] for e in events] == ["last_follow_up"]
-    assert "no response at day 28" in events[0].fields["note"]
+    assert [e.fields["event"] for e in events] == ["no_response", "last_follow_up"]
+    assert events[0].at_min == 28 * 24 * 60
+    assert "no response at day 28" in events[1].fields["note"]
     crs = outcomes(response_d28="not_assessed", death_day=9.5, death_cause="crs")
     (death,) = _outcome_events(crs, 20 * 24 * 60, last_follow_up=True)
     assert death.fields["death_attributable_to_crs"] is True
