@@ -23,11 +23,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon import __version__
-from crsmon.api import alerts, operations, patients, records
+from crsmon.api import alerts, operations, patients, records, review
 from crsmon.api.deps import AppContext
 from crsmon.api.errors import database_unavailable, validation_error
 from crsmon.api.limits import BodyLimit
 from crsmon.api.metrics import app_metrics
+from crsmon.api.tables import router as tables_router
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
@@ -51,6 +52,12 @@ Monitoring of cytokine release syndrome (ASTCT 2019 grading) over HTTP.
   in quarantine with their reason.
 - **Reading** (`/v1/patients`, `/v1/alerts`): patients, grade timelines with
   their reasons and rule-set key, alerts (and their acknowledgement).
+- **Review** (`/v1/review/...`): who is on monitoring now and how severe, open
+  alerts by kind, severity and age, one patient's timeline (JSON and PNG),
+  adjudication of the maximum grade, and the cohort summary.
+- **Research exports** (`/v1/exports/{table}`, streamed CSV or Parquet): the
+  grade table, `efs-long` and `adtte`, pseudonymous, with the grading version
+  on every row and a column dictionary at `/v1/exports/{table}/dictionary`.
 - **Operations**: `/health/live`, `/health/ready`, `/metrics` (Prometheus).
 
 Every refusal has the body `{"detail": [{"field", "reason"}]}`; it names the
@@ -140,8 +147,9 @@ def create_app(
     # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(PoolTimeout, database_unavailable)
-    for module in (records, patients, alerts, operations):
+    for module in (records, patients, alerts, review, operations):
         app.include_router(module.router)
+    app.include_router(tables_router)
     return app
 
 

@@ -6,12 +6,15 @@ import click
 
 from crsmon import __version__
 from crsmon.api.cli import serve
+from crsmon.cli.analyze import analyze
 from crsmon.cli.db import db
 from crsmon.cli.demo import demo
+from crsmon.cli.export import export
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
 from crsmon.cli.model import model
 from crsmon.cli.regrade import regrade
+from crsmon.cli.review import review
 from crsmon.cli.rules import rules
 from crsmon.cli.schema import schema
 from crsmon.cli.sweep import sweep
@@ -28,12 +31,15 @@ def main() -> None:
     """
 
 
+main.add_command(analyze)
 main.add_command(db)
 main.add_command(demo)
+main.add_command(export)
 main.add_command(grade)
 main.add_command(ingest)
 main.add_command(model)
 main.add_command(regrade)
+main.add_command(review)
 main.add_command(schema)
 main.add_command(serve)
 main.add_command(sweep)

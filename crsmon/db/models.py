@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -246,3 +247,44 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Adjudication(Base):
+    """A reviewer's verdict on a patient's computed maximum CRS grade.
+
+    Append-only: a new verdict is a new row and the latest (highest id) counts;
+    the grade rows it refers to are never changed. ``confirm`` keeps the
+    computed maximum (``adjudicated_grade == computed_grade``); ``override``
+    replaces it, for analysis, with a different grade. ``computed_grade`` and
+    ``computed_grade_id`` (the peak grade row) record what the reviewer saw, so
+    a later regrade that moves the maximum shows the verdict is stale.
+    """
+
+    __tablename__ = "adjudications"
+    __table_args__ = (
+        CheckConstraint("decision IN ('confirm', 'override')", name="decision"),
+        CheckConstraint("adjudicated_grade BETWEEN 0 AND 5", name="adjudicated_grade"),
+        CheckConstraint("computed_grade BETWEEN 0 AND 5", name="computed_grade"),
+        CheckConstraint(
+            "decision = 'override' OR adjudicated_grade = computed_grade",
+            name="confirm_keeps_grade",
+        ),
+        CheckConstraint(
+            "decision = 'confirm' OR adjudicated_grade <> computed_grade",
+            name="override_changes_grade",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    adjudicated_grade: Mapped[int]
+    computed_grade: Mapped[int]
+    """The computed maximum grade when the verdict was given."""
+    computed_grade_id: Mapped[int] = mapped_column(ForeignKey("grades.id"))
+    """The grade row that first reached that maximum."""
+    rule_set: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(500))
+    adjudicated_by: Mapped[str] = mapped_column(String(120))
+    adjudicated_at: Mapped[datetime]
+    """Server UTC time of the verdict."""

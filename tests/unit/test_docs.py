@@ -54,3 +54,14 @@ def test_rejected_fields_are_documented() -> None:
     for name in ("temperature_c", "sbp_mmhg", "dbp_mmhg", "map_mmhg", "spo2_pct"):
         assert LIMITS[name].reject_below is not None
         assert f"| {name} |" in DOC
+
+
+def test_every_export_column_is_documented() -> None:
+    """docs/exports.md lists each exported column with its current derivation."""
+    from crsmon.services.exports import TABLES
+
+    exports = (ROOT / "docs" / "exports.md").read_text(encoding="utf-8")
+    for columns in TABLES.values():
+        for c in columns:
+            row = f"| `{c.name}` | {c.type} | {c.unit} | {c.derivation} |"
+            assert row in exports, c.name
