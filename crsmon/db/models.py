@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -155,11 +156,20 @@ class ClinicalRecord(Base):
 
 
 class Grade(Base):
-    """The ASTCT grade of a patient at one time, with the snapshot it came from."""
+    """The ASTCT grade of a patient at one time, with the snapshot it came from.
+
+    Append-only: a re-derivation at a time is a new row, and the newest row
+    (highest id) at a time is the current grade. ``revision`` counts the rows
+    written before it at that time (patient and rule set), so a snapshot that
+    returns to an earlier one (A, B, A again) can be written again as the
+    newest row.
+    """
 
     __tablename__ = "grades"
     __table_args__ = (
-        UniqueConstraint("patient_id", "evaluated_at", "rule_set", "snapshot_hash"),
+        UniqueConstraint(
+            "patient_id", "evaluated_at", "rule_set", "snapshot_hash", "revision"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -174,6 +184,9 @@ class Grade(Base):
     flags: Mapped[list[Any]]
     snapshot: Mapped[dict[str, Any]]
     snapshot_hash: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(server_default=text("0"))
+    """How many rows were written before this one at this time, patient and
+    rule set (0 for the first; rows from before revisions existed are 0)."""
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
     risk_probability: Mapped[float | None] = mapped_column(Float)
     """P(grade >= 3 within the model's horizon) at this time; None: not scored

@@ -4,11 +4,20 @@ A grading run re-reads the patient's current records (tasks carry ids only),
 builds a snapshot at every record time (the state builder), grades the episode
 with the pure core, and writes, in one transaction under the patient's lock:
 
-- a grade row per snapshot that is new (unique on time, rule set and snapshot
-  hash, so a re-delivered task writes nothing twice and a retraction that
-  changes a snapshot writes a re-derived row beside the old one);
+- a grade row per snapshot that differs from the newest row at its time (so a
+  re-delivered task writes nothing twice, and a retraction or correction that
+  changes a snapshot writes a re-derived row beside the old ones);
 - the alerts the core decides, unique on their dedup key;
 - the patient's pending records marked graded.
+
+Grade rows are append-only and the newest row (highest id) at a time is the
+current grade, so each snapshot is compared with the newest row at its time,
+not with every row ever written there: a snapshot that returns to an earlier
+one (A, then B, then A again after B's record is retracted) is written again
+as a new row, or B would stay current. Its ``revision`` is the number of rows
+already at that time, which keeps the unique key (time, rule set, snapshot
+hash, revision) and makes the repeat a distinct row. Counting is safe because
+the run holds the patient's row lock: runs for one patient are serial.
 """
 
 from __future__ import annotations
@@ -198,22 +207,29 @@ def _write_grades(
     points: dict[float, RiskPoint],
     scorer: RiskScorer | None,
 ) -> int:
-    known = {
-        (at, digest)
-        for at, digest in session.execute(
-            select(Grade.evaluated_at, Grade.snapshot_hash).where(
-                Grade.patient_id == patient_id, Grade.rule_set == rules.key
-            )
-        )
-    }
+    """Write a row for each snapshot that differs from the newest row at its time.
+
+    Equal to the newest row: nothing (idempotent). A new time, a change, or a
+    return to an earlier snapshot: a row with ``revision`` = the rows already
+    at that time. The caller holds the patient's row lock (see
+    :func:`grade_patient`), so no other run can add rows here meanwhile.
+    """
+    newest: dict[datetime, tuple[str, int]] = {}  # time -> (newest hash, rows)
+    for at, digest in session.execute(
+        select(Grade.evaluated_at, Grade.snapshot_hash)
+        .where(Grade.patient_id == patient_id, Grade.rule_set == rules.key)
+        .order_by(Grade.id)
+    ):
+        newest[at] = (digest, newest.get(at, ("", 0))[1] + 1)
     written = 0
     for obs in observations:
         snapshot = snapshots[obs.input_index]
         payload = snapshot_json(snapshot)
         digest = content_hash(payload)
-        if (snapshot.at, digest) in known:
+        current, rows = newest.get(snapshot.at, (None, 0))
+        if digest == current:
             continue
-        known.add((snapshot.at, digest))
+        newest[snapshot.at] = (digest, rows + 1)
         result = obs.result
         point = points.get(obs.t_hours)
         session.add(
@@ -229,6 +245,7 @@ def _write_grades(
                 flags=flag_details(result.flags),
                 snapshot=payload,
                 snapshot_hash=digest,
+                revision=rows,
                 risk_probability=None if point is None else point.probability,
                 risk_model=None if point is None or scorer is None else scorer.key,
                 risk_features=None if point is None else list(point.top_features),

@@ -17,14 +17,16 @@ if url is None:  # pragma: no cover - crsmon.db.migrate always sets it
     raise RuntimeError("sqlalchemy.url is not set")
 
 engine = make_engine(url)
-with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
-        render_item=render_item,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
+try:
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+            render_item=render_item,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+finally:  # a failed (or refused) migration must not leave a connection open
+    engine.dispose()
