@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, and_, func, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from crsmon.db.models import (
@@ -29,6 +29,7 @@ from crsmon.db.models import (
     WebhookDelivery,
 )
 from crsmon.domain.records import Quantity
+from crsmon.services.review import current_grades
 
 VITALS = (
     Quantity.TEMPERATURE_C,
@@ -123,7 +124,7 @@ def _views(
     ids = [p.id for p in patients]
     if not ids:
         return []
-    current = _current_grades(session, rule_set, ids)
+    current = current_grades(session, rule_set, ids)
     maxima = dict(
         session.execute(
             select(Grade.patient_id, func.max(Grade.grade))
@@ -170,34 +171,6 @@ def _views(
         )
         for p in patients
     ]
-
-
-def _current_grades(
-    session: Session, rule_set: str, ids: Sequence[int]
-) -> dict[int, tuple[int, datetime]]:
-    last = (
-        select(Grade.patient_id, func.max(Grade.evaluated_at).label("at"))
-        .where(Grade.rule_set == rule_set, Grade.patient_id.in_(ids))
-        .group_by(Grade.patient_id)
-        .subquery()
-    )
-    newest = (
-        select(func.max(Grade.id))
-        .join(
-            last,
-            and_(
-                Grade.patient_id == last.c.patient_id, Grade.evaluated_at == last.c.at
-            ),
-        )
-        .where(Grade.rule_set == rule_set)
-        .group_by(Grade.patient_id)
-    )
-    rows = session.execute(
-        select(Grade.patient_id, Grade.grade, Grade.evaluated_at).where(
-            Grade.id.in_(newest)
-        )
-    )
-    return {pid: (grade, at) for pid, grade, at in rows}
 
 
 def grade_timeline(

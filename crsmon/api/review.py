@@ -33,6 +33,7 @@ from crsmon.services.review import (
     AdjudicationConflictError,
     AdjudicationRow,
     AlertReviewFilter,
+    EventKind,
     InvalidAdjudicationError,
     NoComputedGradeError,
     PatientFilter,
@@ -54,24 +55,6 @@ Offset = Annotated[int, Query(ge=0)]
 RuleSetKey = Annotated[
     str | None, Query(max_length=200, description="Default: the live rule set.")
 ]
-EventKind = Literal[
-    "vitals",
-    "lab",
-    "oxygen",
-    "vasopressor_start",
-    "vasopressor_stop",
-    "fluid_bolus",
-    "treatment",
-    "attribution",
-    "outcome",
-    "transfer",
-    "discharge",
-    "grade",
-    "alert",
-    "acknowledgement",
-    "adjudication",
-]
-"""The timeline's event kinds (:data:`crsmon.services.review.EVENT_KINDS`)."""
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No patient with this pseudonym."}

@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
@@ -111,7 +111,7 @@ OXYGEN_LEVELS: Final = {
 }
 """The ASTCT hypoxia levels of oxygen support (R6): what each level means."""
 
-EVENT_KINDS: Final = (
+EventKind = Literal[
     "vitals",
     "lab",
     "oxygen",
@@ -127,7 +127,9 @@ EVENT_KINDS: Final = (
     "alert",
     "acknowledgement",
     "adjudication",
-)
+]
+"""The timeline's event kinds."""
+EVENT_KINDS: Final[tuple[str, ...]] = get_args(EventKind)
 """The kinds of timeline events (docs/review.md describes each one's data)."""
 
 _RANKS: Final = {"grade": 1, "alert": 2, "acknowledgement": 3, "adjudication": 4}
@@ -425,8 +427,8 @@ def under_monitoring(
     return any(start <= now_h < end for start, end in spans)
 
 
-def _current_grades(
-    session: Session, rule_set: str, patients: Select[Any]
+def current_grades(
+    session: Session, rule_set: str, patients: Select[Any] | Sequence[int]
 ) -> dict[int, tuple[int, datetime]]:
     """Each patient's grade at their latest graded time."""
     last = (
@@ -570,7 +572,7 @@ def patients_now(
     ids = query.with_only_columns(Patient.id).order_by(None)
     stays = _stays(session, ids)
     deaths = _deaths(session, ids)
-    current = _current_grades(session, rule_set, ids)
+    current = current_grades(session, rule_set, ids)
     maxima = _max_grades(session, rule_set, ids)
     vitals = _last_vitals(session, ids)
     alerts = _open_alert_kinds(session, ids)

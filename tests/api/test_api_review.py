@@ -16,9 +16,8 @@ from api_feed import INFUSION, PATIENT, TestClient, at, count, enrolment, record
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.api.review import EventKind
 from crsmon.db.models import Adjudication, Grade, Patient
-from crsmon.services.review import EVENT_KINDS, latest_adjudications
+from crsmon.services.review import EVENT_KINDS, EventKind, latest_adjudications
 
 pytest_plugins = ("api_fixtures",)
 
