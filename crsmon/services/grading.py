@@ -207,29 +207,36 @@ def _write_grades(
     points: dict[float, RiskPoint],
     scorer: RiskScorer | None,
 ) -> int:
-    """Write a row for each snapshot that differs from the newest row at its time.
+    """Write a row for each moment whose derivation differs from the newest row
+    at its time.
 
-    Equal to the newest row: nothing (idempotent). A new time, a change, or a
-    return to an earlier snapshot: a row with ``revision`` = the rows already
-    at that time. The caller holds the patient's row lock (see
+    The derivation is the snapshot (its hash) *and* what the episode engine
+    made of it: the grade and its reasons, which also depend on earlier
+    records (onset, the fever waiver of a drug given since). So a retraction
+    that changes only that context (an earlier fever withdrawn) is re-derived
+    too. Equal to the newest row: nothing (idempotent). A new time, a change,
+    or a return to an earlier derivation: a row with ``revision`` = the rows
+    already at that time. The caller holds the patient's row lock (see
     :func:`grade_patient`), so no other run can add rows here meanwhile.
     """
-    newest: dict[datetime, tuple[str, int]] = {}  # time -> (newest hash, rows)
-    for at, digest in session.execute(
-        select(Grade.evaluated_at, Grade.snapshot_hash)
+    newest: dict[datetime, tuple[tuple[str, int, list[Any]], int]] = {}
+    for at, digest, grade, reasons in session.execute(
+        select(Grade.evaluated_at, Grade.snapshot_hash, Grade.grade, Grade.reasons)
         .where(Grade.patient_id == patient_id, Grade.rule_set == rules.key)
         .order_by(Grade.id)
     ):
-        newest[at] = (digest, newest.get(at, ("", 0))[1] + 1)
+        rows = newest.get(at, (("", 0, []), 0))[1]
+        newest[at] = ((digest, grade, list(reasons)), rows + 1)
     written = 0
     for obs in observations:
         snapshot = snapshots[obs.input_index]
         payload = snapshot_json(snapshot)
         digest = content_hash(payload)
+        derived = (digest, obs.result.grade, [r.text for r in obs.result.reasons])
         current, rows = newest.get(snapshot.at, (None, 0))
-        if digest == current:
+        if derived == current:
             continue
-        newest[snapshot.at] = (digest, rows + 1)
+        newest[snapshot.at] = (derived, rows + 1)
         result = obs.result
         point = points.get(obs.t_hours)
         session.add(

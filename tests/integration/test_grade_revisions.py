@@ -136,6 +136,31 @@ def test_a_retraction_back_to_an_earlier_snapshot_makes_it_current(
     assert [r.id for r in rows_at(sessions, 36)] == [a.id, b.id, again.id]
 
 
+def test_a_retraction_that_changes_only_the_context_is_re_derived(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Fever at 10 h, tocilizumab at 12 h, nasal cannula at 40 h: grade 2 (the
+    fever is waived after the drug). Retracting the 10-h fever leaves the 40-h
+    snapshot unchanged but removes the onset and the waiver: grade 0 there."""
+    enrol(sessions)
+    send(sessions, {"kind": "vitals", "source_record_id": "v-1",
+                    "observed_at": at(10), "temperature_c": 39.0})  # fmt: skip
+    send(sessions, {"kind": "treatment", "source_record_id": "t-1",
+                    "given_at": at(12), "drug": "tocilizumab"})  # fmt: skip
+    send(sessions, {"kind": "oxygen", "source_record_id": "o-1", "observed_at": at(40),
+                    "device": "nasal_cannula", "flow_l_min": 3.0})  # fmt: skip
+    grade(sessions)
+    assert current(sessions)[40].grade == 2
+    send(sessions, {"kind": "retraction", "source_record_id": "r-1", "at": at(41),
+                    "target_record_id": "v-1", "reason": "wrong patient"})  # fmt: skip
+    grade(sessions)
+    before, after = rows_at(sessions, 40)
+    assert after.snapshot_hash == before.snapshot_hash
+    assert (before.grade, after.grade, after.revision) == (2, 0, 1)
+    assert current(sessions)[40].id == after.id
+    assert grade(sessions).grades_written == 0
+
+
 def test_a_retracted_correction_brings_the_original_value_back(
     sessions: sessionmaker[Session],
 ) -> None:
