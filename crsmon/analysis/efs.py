@@ -302,6 +302,27 @@ def _caught(into: list[str]) -> Iterator[None]:
 FIT_ERRORS = (ConvergenceError, ValueError, ZeroDivisionError, np.linalg.LinAlgError)
 
 
+def data_quality(patients: pd.DataFrame) -> dict[str, Any]:
+    """What the export flagged, counted over the whole table (columns absent
+    from a hand-made table count nothing)."""
+    flags: dict[str, int] = {}
+    if "outcome_flags" in patients.columns:
+        for value in patients["outcome_flags"].dropna().astype(str):
+            for flag in filter(None, value.split(";")):
+                flags[flag] = flags.get(flag, 0) + 1
+    found: dict[str, Any] = {"outcome_flags": flags}
+    if "grade_matches_stored" in patients.columns:
+        matches = patients["grade_matches_stored"].astype(str).str.lower()
+        found["grade_not_matching_stored"] = int((matches == "false").sum())
+    if "records_pending_grading" in patients.columns:
+        pending = _numeric(patients["records_pending_grading"]).fillna(0)
+        found["patients_with_records_pending_grading"] = int((pending > 0).sum())
+    if "adjudication_stale" in patients.columns:
+        stale = patients["adjudication_stale"].astype(str).str.lower()
+        found["stale_adjudications"] = int((stale == "true").sum())
+    return found
+
+
 def kaplan_meier(frame: pd.DataFrame, horizon: float) -> dict[str, Any]:
     """n, events, EFS at ``horizon`` (time since the origin) with its 95 % CI,
     numbers at risk and the median follow-up by reverse Kaplan–Meier."""
@@ -325,7 +346,10 @@ def kaplan_meier(frame: pd.DataFrame, horizon: float) -> dict[str, Any]:
     with _caught(found["warnings"]):
         reverse.fit(time, 1 - event)
     found["median_follow_up_days"] = _num(reverse.median_survival_time_)
-    if float(time.max()) < horizon:
+    last = float(time.max())
+    if last < horizon and not bool((event[time == last] == 1).all()):
+        # Past a censored last time the curve is unknown; past an event it is
+        # the value it reached (0 once everyone has had an event).
         found["reason"] = "no patient followed up to the horizon"
         return found
     km = KaplanMeierFitter(alpha=ALPHA)
@@ -617,7 +641,35 @@ def _cox_models(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _long_frame(long: pd.DataFrame, censor_at_hsct: bool) -> pd.DataFrame:
+def _censored_in_remission(data: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
+    """The start/stop rows cut at each patient's efs_censored_at_hsct time, the
+    event kept only where that censoring keeps it (HSCT or new therapy in
+    remission, as the KM, log-rank and Cox models of the same run)."""
+    ends = dict(
+        zip(
+            patients["patient_id"].astype(str),
+            zip(
+                _numeric(patients["efs_censored_at_hsct_time"]),
+                _numeric(patients["efs_censored_at_hsct_event"]),
+                strict=True,
+            ),
+            strict=True,
+        )
+    )
+    end = data["patient_id"].map(lambda p: ends.get(p, (np.nan, np.nan))[0])
+    kept_event = data["patient_id"].map(lambda p: ends.get(p, (np.nan, np.nan))[1])
+    data = data.assign(_end=end, _event=kept_event)
+    data = data[data["start"] < data["_end"]].copy()
+    data["stop"] = np.minimum(data["stop"], data["_end"])
+    data["event"] = ((data["stop"] == data["_end"]) & (data["_event"] == 1)).astype(
+        float
+    )
+    return data.drop(columns=["_end", "_event"])
+
+
+def _long_frame(
+    long: pd.DataFrame, censor_at_hsct: bool, patients: pd.DataFrame | None = None
+) -> pd.DataFrame:
     _check(long, LONG_COLUMNS, "the efs_long table")
     data = pd.DataFrame(
         {
@@ -634,14 +686,27 @@ def _long_frame(long: pd.DataFrame, censor_at_hsct: bool) -> pd.DataFrame:
             "age_years": _numeric(long["age_years"]),
         }
     )
+    if (
+        censor_at_hsct
+        and patients is not None
+        and set(HSCT_CENSORING) <= set(patients.columns)
+    ):
+        return _censored_in_remission(data, patients)
     if censor_at_hsct:
-        # Rows are split at the HSCT day: keeping the rows before it censors
-        # there, and an event counts only if it came before HSCT.
+        # Without the grade table: rows are split at the HSCT day, so keeping
+        # the rows before it censors there (new therapy is not seen).
         data = data[data["hsct_tv"] == 0]
     return data
 
 
-def time_varying(long: pd.DataFrame | None, censor_at_hsct: bool) -> dict[str, Any]:
+HSCT_CENSORING = ("efs_censored_at_hsct_time", "efs_censored_at_hsct_event")
+
+
+def time_varying(
+    long: pd.DataFrame | None,
+    censor_at_hsct: bool,
+    patients: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """Extended Cox model: grade ≥3 reached by time t, from infusion, all patients."""
     found: dict[str, Any] = {
         "status": "run",
@@ -654,8 +719,13 @@ def time_varying(long: pd.DataFrame | None, censor_at_hsct: bool) -> dict[str, A
     if long is None:
         found["status"] = "not run: no efs_long table given"
         return found
-    data = _long_frame(long, censor_at_hsct)
-    if censor_at_hsct:
+    data = _long_frame(long, censor_at_hsct, patients)
+    if censor_at_hsct and patients is not None:
+        found["method"] += (
+            "; censored at HSCT or new therapy in remission (each patient's rows "
+            "cut at efs_censored_at_hsct_time)"
+        )
+    elif censor_at_hsct:
         found["method"] += "; censored at HSCT (rows from the HSCT day dropped)"
     designs: dict[str, tuple[str, ...]] = {
         "crude": (),
@@ -812,6 +882,14 @@ def analyze_efs(
             "grade reached by the landmark above crs_max_grade_astct: check the "
             "export"
         )
+    quality = data_quality(patients)
+    counts["data_quality"] = quality
+    if any(quality.values()):
+        notes.append(
+            "the export doubts some rows (outcome_flags, grades not yet matching "
+            "the stored ones, records waiting for grading): see cohort.data_quality; "
+            "such patients are analysed as exported"
+        )
     if options.landmark_days is None:
         notes.append(
             "no landmark: the comparison is exposed to guarantee-time bias; the "
@@ -830,7 +908,7 @@ def analyze_efs(
             "trend": _trend(frame),
         },
         "cox": _cox_models(frame),
-        "time_varying": time_varying(long, options.censor_at_hsct),
+        "time_varying": time_varying(long, options.censor_at_hsct, patients),
         "reference": dict(REFERENCE),
         "notes": notes,
     }

@@ -155,6 +155,18 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             "patients from infusion. **Exposed to guarantee-time bias** "
             "(risk.md §5.2); the day-28 landmark analysis is the primary one."
         )
+    quality = cohort.get("data_quality", {})
+    doubts = [f"{flag} {n}" for flag, n in quality.get("outcome_flags", {}).items()]
+    doubts += [
+        f"{name.replace('_', ' ')} {n}"
+        for name, n in quality.items()
+        if name != "outcome_flags" and n
+    ]
+    if doubts:
+        lines += [
+            "",
+            "Data the export doubts (analysed as exported): " + "; ".join(doubts) + ".",
+        ]
     lines += [
         "",
         f"- Endpoint: {a['endpoint']}; events: {a['efs_events']}.",

@@ -81,6 +81,13 @@ ANTIPYRETICS = frozenset(
     }
 )
 POSITIVE_PRESSURE = frozenset({OxygenDevice.CPAP, OxygenDevice.BIPAP})
+ICU_DEVICES = POSITIVE_PRESSURE | {
+    OxygenDevice.HIGH_FLOW_NASAL_CANNULA,
+    OxygenDevice.INVASIVE_MECHANICAL_VENTILATION,
+}
+"""Oxygen support that counts as ICU-level (with any vasopressor, vasopressin
+included): high-flow nasal cannula, CPAP, BiPAP, invasive ventilation. Masks
+are grade-3 support under ASTCT but are given on wards, so they do not count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,22 +239,25 @@ def _days(timeline: PatientTimeline, at: datetime) -> float:
 
 
 def _max_concurrent_pressors(timeline: PatientTimeline, rules: RuleSet) -> int:
-    """The most vasopressors running at once, vasopressin-like agents not counted
-    (R5: one vasopressor with or without vasopressin is grade 3, several are 4)."""
+    """The most distinct vasopressors running at once after infusion,
+    vasopressin-like agents not counted (R5: one vasopressor with or without
+    vasopressin is grade 3, several are 4; two records of the same drug, a
+    pump change, are one agent as the grader counts them, A9)."""
     pressors = [
         i
         for i in timeline.infusions
         if rules.agent_role(i.drug) is AgentRole.VASOPRESSOR
+        and (i.stopped_at is None or i.stopped_at > timeline.infusion_at)
     ]
     best = 0
     for start in pressors:
-        running = sum(
-            1
+        running = {
+            other.drug
             for other in pressors
             if other.started_at <= start.started_at
             and (other.stopped_at is None or other.stopped_at > start.started_at)
-        )
-        best = max(best, running)
+        }
+        best = max(best, len(running))
     return best
 
 
@@ -283,7 +293,11 @@ def summarise_support(timeline: PatientTimeline, rules: RuleSet) -> SupportSumma
         default=(0, 0, None),
     )
     top_level, top_device = top[0], top[2] if top[0] > 0 else None
-    flows = [o.flow_l_min for o in oxygen if o.flow_l_min is not None]
+    flows = [
+        o.flow_l_min
+        for o in oxygen
+        if o.flow_l_min is not None and not o.for_comfort_only
+    ]
     devices = {o.device for o in oxygen if not o.for_comfort_only}
     treatments = sorted(
         (t for t in timeline.treatments if t.given_at >= after),
@@ -293,6 +307,11 @@ def summarise_support(timeline: PatientTimeline, rules: RuleSet) -> SupportSumma
     steroids = [t for t in treatments if t.drug in STEROIDS]
     others = sorted({t.drug.value for t in treatments if t.drug in ANTICYTOKINE_OTHER})
     pressors = _max_concurrent_pressors(timeline, rules)
+    vasopressin = any(
+        rules.agent_role(i.drug) is AgentRole.VASOPRESSIN_LIKE
+        and (i.stopped_at is None or i.stopped_at > after)
+        for i in timeline.infusions
+    )
     temperatures = sorted(
         (
             m
@@ -310,16 +329,13 @@ def summarise_support(timeline: PatientTimeline, rules: RuleSet) -> SupportSumma
     tmax = max(early, default=None)
     return SupportSummary(
         max_vasopressor_count=pressors,
-        vasopressin_used=any(
-            rules.agent_role(i.drug) is AgentRole.VASOPRESSIN_LIKE
-            for i in timeline.infusions
-        ),
+        vasopressin_used=vasopressin,
         max_o2_device=top_device,
         max_o2_level=top_level,
         max_o2_flow_l_min=max(flows, default=None),
         positive_pressure_ventilation=bool(devices & POSITIVE_PRESSURE),
         intubation=OxygenDevice.INVASIVE_MECHANICAL_VENTILATION in devices,
-        icu_level_support=pressors > 0 or top_level >= 3,
+        icu_level_support=pressors > 0 or vasopressin or bool(devices & ICU_DEVICES),
         tocilizumab_doses=len(toci),
         first_tocilizumab_h=_hours(timeline, toci[0].given_at) if toci else None,
         steroids_any=bool(steroids),
@@ -398,7 +414,13 @@ def summarise_outcomes(
     censor_day = min(
         (d for d in (day(hsct), day(new_therapy)) if d is not None), default=None
     )
-    if censor_day is not None and censor_day < efs_time:
+    in_remission = (
+        response is not None
+        and efs_type != "nr"
+        and censor_day is not None
+        and _days(timeline, response.at) <= censor_day
+    )
+    if in_remission and censor_day is not None and censor_day < efs_time:
         hsct_time, hsct_event = censor_day, False
     else:
         hsct_time, hsct_event = efs_time, event is not None

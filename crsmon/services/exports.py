@@ -61,6 +61,23 @@ Format = Literal["csv", "parquet"]
 TableName = Literal["grade-table", "efs-long", "adtte"]
 ColumnType = Literal["string", "int", "float", "bool", "timestamp", "date"]
 
+CONTACT_KINDS = frozenset(
+    {
+        "measurement",
+        "oxygen",
+        "vasopressor_start",
+        "vasopressor_stop",
+        "fluid_bolus",
+        "treatment",
+        "transfer",
+        "discharge",
+        "outcome",
+    }
+)
+"""Records that show the patient was seen then (follow-up). Retractions and
+attributions are dated by whoever cleaned or judged the data: they do not
+extend follow-up."""
+
 BATCH = 25
 """Patients read and graded per database round (memory stays flat: about
 460 records a patient over 28 days)."""
@@ -178,9 +195,15 @@ GRADE_TABLE: tuple[Column, ...] = (
         "max_vasopressor_count",
         "int",
         "",
-        "most vasopressors running at once, vasopressin-like agents not counted",
+        "most distinct vasopressors running at once after infusion, "
+        "vasopressin-like agents not counted (R5, A9)",
     ),
-    _c("vasopressin_used", "bool", "", "a vasopressin-like agent was infused"),
+    _c(
+        "vasopressin_used",
+        "bool",
+        "",
+        "a vasopressin-like agent was infused after infusion",
+    ),
     _c(
         "max_o2_device",
         "string",
@@ -193,15 +216,21 @@ GRADE_TABLE: tuple[Column, ...] = (
         "grade",
         "the ASTCT hypoxia grade that support alone carries (0 room air)",
     ),
-    _c("max_o2_flow_l_min", "float", "L/min", "highest oxygen flow recorded"),
+    _c(
+        "max_o2_flow_l_min",
+        "float",
+        "L/min",
+        "highest oxygen flow recorded after infusion (comfort oxygen not counted)",
+    ),
     _c("positive_pressure_ventilation", "bool", "", "CPAP or BiPAP recorded"),
     _c("intubation", "bool", "", "invasive mechanical ventilation recorded"),
     _c(
         "icu_level_support",
         "bool",
         "",
-        "a vasopressor, or oxygen at grade-3 level or above (high flow, mask, "
-        "CPAP/BiPAP, ventilation); care-unit names are not read",
+        "a vasopressor (vasopressin included), high-flow nasal cannula, CPAP, "
+        "BiPAP or invasive ventilation after infusion; care-unit names are not "
+        "read",
     ),
     _c("tocilizumab_doses", "int", "", "tocilizumab doses after infusion"),
     _c("first_tocilizumab_h", "float", "h", "first tocilizumab dose"),
@@ -244,7 +273,8 @@ GRADE_TABLE: tuple[Column, ...] = (
         "last_contact_day",
         "float",
         "d",
-        "the latest outcome or record held (the death, if records follow it)",
+        "the latest outcome or bedside record held (not retractions or "
+        "attributions; the death, if records follow it)",
     ),
     _c(
         "follow_up_source",
@@ -264,7 +294,8 @@ GRADE_TABLE: tuple[Column, ...] = (
         "efs_censored_at_hsct_time",
         "float",
         "d",
-        "ELIANA-style: EFS censored at HSCT or new therapy if that came first",
+        "ELIANA-style: EFS censored at HSCT or new therapy in remission (after a "
+        "recorded response, never for a non-responder) if that came first",
     ),
     _c("efs_censored_at_hsct_event", "bool", "", "the event under that censoring"),
     _c("os_time_days", "float", "d", "death, else last_contact_day"),
@@ -471,7 +502,9 @@ def patient_row(
     result = grade_episode(episode, rules)
     crs = summarise_crs(result)
     support = summarise_support(timeline, rules)
-    outcome = summarise_outcomes(timeline, [r.occurred_at for r in records])
+    outcome = summarise_outcomes(
+        timeline, [r.occurred_at for r in records if r.kind in CONTACT_KINDS]
+    )
     ldh = (
         patient.ldh_u_l
         if patient.ldh_u_l is not None
@@ -749,18 +782,30 @@ def write_table(
     table: TableName, rows: Iterable[dict[str, Any]], out: Path, fmt: Format
 ) -> int:
     """Write ``table`` to ``out`` and its dictionary to ``out.dictionary.json``;
-    the number of rows written."""
+    the number of rows written.
+
+    Both are written beside their place and renamed into it only once whole,
+    so a failure half-way never leaves a file that looks complete.
+    """
     counted = _Counter(rows)
-    if fmt == "csv":
-        with out.open("w", encoding="utf-8", newline="") as handle:
-            for text in csv_chunks(table, counted):
-                handle.write(text)
-    else:
-        with out.open("wb") as binary:
-            for data in parquet_chunks(table, counted):
-                binary.write(data)
-    sidecar = out.with_name(out.name + ".dictionary.json")
-    sidecar.write_text(json.dumps(dictionary(table), indent=2) + "\n", encoding="utf-8")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        if fmt == "csv":
+            with partial.open("w", encoding="utf-8", newline="") as handle:
+                for text in csv_chunks(table, counted):
+                    handle.write(text)
+        else:
+            with partial.open("wb") as binary:
+                for data in parquet_chunks(table, counted):
+                    binary.write(data)
+        sidecar = out.with_name(out.name + ".dictionary.json")
+        meta = {**dictionary(table), "rows": counted.n, "format": fmt}
+        staged = sidecar.with_name(sidecar.name + ".partial")
+        staged.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        staged.replace(sidecar)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return counted.n
 
 

@@ -253,3 +253,68 @@ def test_report_texts(patients: pd.DataFrame) -> None:
     assert "reference, not a target" in text
     other = analyze_efs(patients, None, horizon_days=730)
     assert headline(other).startswith("EFS at day 730: ")
+
+
+def test_a_group_whose_every_patient_had_an_event_reaches_zero() -> None:
+    """Past an event the curve is known (0 once all have had one); past a
+    censored last time it is not."""
+    from crsmon.analysis.efs import kaplan_meier
+
+    events = pd.DataFrame({"time": [10.0, 20.0, 30.0], "event": [1, 1, 1]})
+    found = kaplan_meier(events, 365.0)
+    assert found["efs_at_horizon"] == 0.0
+    assert found["reason"] == "EFS reached 0: its CI is undefined"
+    censored = pd.DataFrame({"time": [10.0, 20.0, 30.0], "event": [1, 1, 0]})
+    assert kaplan_meier(censored, 365.0)["efs_at_horizon"] is None
+
+
+def test_time_varying_censoring_follows_the_grade_table() -> None:
+    """--censor-at-hsct cuts each patient's start/stop rows where the grade
+    table censors (HSCT or new therapy in remission), event kept only there."""
+    from crsmon.analysis.efs import _long_frame
+
+    long = pd.DataFrame(
+        {
+            "patient_id": ["A", "A", "B"],
+            "start_day": [0.0, 5.0, 0.0],
+            "stop_day": [5.0, 200.0, 150.0],
+            "event": [0, 1, 1],
+            "hsct_tv": [0, 0, 0],
+            "severe_crs_tv": [0, 1, 0],
+            "age_years": [8.0, 8.0, 9.0],
+            "marrow_blast_pct_preinfusion": [10.0, 10.0, 20.0],
+            "extramedullary": [0, 0, 0],
+        }
+    )
+    patients = pd.DataFrame(
+        {
+            "patient_id": ["A", "B"],
+            "efs_censored_at_hsct_time": [90.0, 150.0],
+            "efs_censored_at_hsct_event": [0, 1],
+        }
+    )
+    cut = _long_frame(long, True, patients)
+    assert cut[["patient_id", "start", "stop", "event"]].values.tolist() == [
+        ["A", 0.0, 5.0, 0.0],
+        ["A", 5.0, 90.0, 0.0],
+        ["B", 0.0, 150.0, 1.0],
+    ]
+
+
+def test_data_the_export_doubts_is_counted_and_shown(patients: pd.DataFrame) -> None:
+    table = patients.copy()
+    table["outcome_flags"] = None
+    table.loc[0, "outcome_flags"] = "no_day28_assessment_recorded"
+    table.loc[1, "outcome_flags"] = "no_day28_assessment_recorded;records_after_death"
+    table["grade_matches_stored"] = True
+    table.loc[2, "grade_matches_stored"] = False
+    result = analyze_efs(table, None, landmark_days=28)
+    quality = result["cohort"]["data_quality"]
+    assert quality["outcome_flags"] == {
+        "no_day28_assessment_recorded": 2,
+        "records_after_death": 1,
+    }
+    assert quality["grade_not_matching_stored"] == 1
+    text = markdown_table(result)
+    assert "no_day28_assessment_recorded 2" in text
+    assert "grade not matching stored 1" in text

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from api_feed import TestClient, at, enrolment, record, vitals
 
 from crsmon.domain.catalog import DEFAULT_RULE_SET as RULES
@@ -38,11 +39,23 @@ def two_patients(client: TestClient) -> None:
             unit="ug/kg/min",
         ),
         vitals(4, 31, patient="P-A", temperature_c=37.0, sbp_mmhg=80, dbp_mmhg=40),
+        record("outcome", 13, patient="P-A", at=at(38), event="response"),
         record("outcome", 5, patient="P-A", at=at(40), event="hsct"),
         vitals(8, 60, patient="P-A", temperature_c=36.8, sbp_mmhg=104, dbp_mmhg=62),
         enrolment("P-B"),
         vitals(6, 10, patient="P-B", temperature_c=38.4, sbp_mmhg=110, dbp_mmhg=70),
         vitals(7, 50, patient="P-B", temperature_c=36.9, sbp_mmhg=110, dbp_mmhg=70),
+        record(
+            "fluid_bolus", 11, patient="P-B", given_at=at(30), for_hypotension=False
+        ),
+        record(
+            "retraction",
+            12,
+            patient="P-B",
+            at=at(65),
+            target_record_id="m-11",
+            reason="SYNTHETIC: charted on the wrong patient",
+        ),
     )
 
 
@@ -65,8 +78,12 @@ def test_the_grade_table_streams_as_csv_and_parquet(client: TestClient) -> None:
     assert by_id.loc["P-A", "hsct_day"] == 40 / 24
     assert by_id.loc["P-B", "crs_max_grade_astct"] == 1
     assert by_id.loc["P-B", "crs_driver"] == "fever_only"
+    # A retraction is dated by whoever cleaned the data: no follow-up from it.
+    assert by_id.loc["P-B", "last_contact_day"] == pytest.approx(50 / 24)
+    assert by_id.loc["P-B", "follow_up_source"] == "last_record"
     assert set(table["grading_rule_set"]) == {RULES.key}
-    assert set(table["response_d28"]) == {"not_recorded"}
+    assert by_id.loc["P-A", "response_d28"] == "response"
+    assert by_id.loc["P-B", "response_d28"] == "not_recorded"
 
     parquet = client.get("/v1/exports/grade-table", params={"format": "parquet"})
     assert parquet.status_code == 200

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -102,3 +104,23 @@ def test_export_long_tables_and_options(database: Path) -> None:
     )
     assert bad.exit_code == 2
     assert "--rule-set" in bad.output
+
+
+def test_a_failed_export_leaves_no_file_that_looks_complete(tmp_path: Path) -> None:
+    """Rows that fail half-way: neither the table nor its dictionary appears,
+    and an earlier export at the same place is left as it was."""
+    from crsmon.services.exports import write_table
+
+    def rows() -> Iterator[dict[str, Any]]:
+        yield {c.name: None for c in GRADE_TABLE} | {"patient_id": "P-1"}
+        raise RuntimeError("the database went away")
+
+    out = tmp_path / "grades.csv"
+    out.write_text("earlier export\n")
+    with pytest.raises(RuntimeError):
+        write_table("grade-table", rows(), out, "csv")
+    assert out.read_text() == "earlier export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grades.csv"]
+    assert write_table("grade-table", iter([]), out, "parquet") == 0
+    sidecar = json.loads((tmp_path / "grades.csv.dictionary.json").read_text())
+    assert (sidecar["rows"], sidecar["format"]) == (0, "parquet")

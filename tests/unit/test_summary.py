@@ -377,3 +377,80 @@ def test_support_of_an_empty_course_reports_unknowns_as_none() -> None:
         0,
     )
     assert none.icu_level_support is False
+
+
+def test_eliana_censoring_only_in_remission() -> None:
+    """Salvage therapy of a non-responder, or HSCT before any recorded
+    response, is not censoring in remission: the EFS event stands."""
+    nr = summary_of(outcome("no_response", 21), outcome("new_therapy", 24))
+    assert (nr.efs_censored_at_hsct_time, nr.efs_censored_at_hsct_event) == (
+        28.0,
+        True,
+    )
+    early = summary_of(
+        outcome("hsct", 20), outcome("response", 28), outcome("relapse", 90)
+    )
+    assert (early.efs_censored_at_hsct_time, early.efs_censored_at_hsct_event) == (
+        90.0,
+        True,
+    )
+
+
+def test_pressors_are_counted_as_agents_after_infusion() -> None:
+    def pressor(
+        rid: str, drug: VasoactiveDrug, start: float, stop: float | None
+    ) -> InfusionRecord:
+        return InfusionRecord(
+            rid,
+            drug,
+            0.05,
+            VasopressorDoseUnit.UG_KG_MIN,
+            at(hours=start),
+            None if stop is None else at(hours=stop),
+        )
+
+    same_drug = PatientTimeline(
+        infusion_at=T0,
+        infusions=(
+            pressor("a", VasoactiveDrug.NOREPINEPHRINE, 10, None),
+            pressor("b", VasoactiveDrug.NOREPINEPHRINE, 12, None),
+            pressor("c", VasoactiveDrug.EPINEPHRINE, -10, -2),
+            pressor("d", VasoactiveDrug.VASOPRESSIN, -10, -1),
+        ),
+    )
+    s = summarise_support(same_drug, RULES)
+    assert (s.max_vasopressor_count, s.vasopressin_used) == (1, False)
+    alone = PatientTimeline(
+        infusion_at=T0,
+        infusions=(pressor("v", VasoactiveDrug.VASOPRESSIN, 10, 20),),
+    )
+    v = summarise_support(alone, RULES)
+    assert (v.max_vasopressor_count, v.vasopressin_used) == (0, True)
+    assert v.icu_level_support is True
+
+
+def test_icu_level_oxygen_and_comfort_flow() -> None:
+    mask = PatientTimeline(
+        infusion_at=T0,
+        oxygen=(
+            OxygenRecord("m", at(hours=5), OxygenDevice.NON_REBREATHER_MASK, 10.0),
+            OxygenRecord(
+                "c",
+                at(hours=6),
+                OxygenDevice.NASAL_CANNULA,
+                15.0,
+                for_comfort_only=True,
+            ),
+        ),
+    )
+    s = summarise_support(mask, RULES)
+    assert (s.max_o2_level, s.max_o2_flow_l_min, s.icu_level_support) == (
+        3,
+        10.0,
+        False,
+    )
+    hfnc = PatientTimeline(
+        infusion_at=T0,
+        oxygen=(OxygenRecord("h", at(hours=5), OxygenDevice.HIGH_FLOW_NASAL_CANNULA),),
+    )
+    assert summarise_support(hfnc, RULES).icu_level_support is True
