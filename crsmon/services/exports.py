@@ -156,7 +156,8 @@ GRADE_TABLE: tuple[Column, ...] = (
         "adjudication_stale",
         "bool",
         "",
-        "the computed maximum changed since the adjudication",
+        "the computed maximum, or the grade row it rests on, changed since the "
+        "adjudication",
     ),
     _c("time_to_max_grade_h", "float", "h", "first moment at the maximum (§5.2)"),
     _c(
@@ -473,13 +474,15 @@ def _current(rows: list[ClinicalRecord]) -> list[ClinicalRecord]:
     return [r for r in rows if r.id not in superseded]
 
 
-def _stored_max(graded: Sequence[tuple[datetime, int, int]]) -> int | None:
-    """The maximum of the current stored rows (the newest row per time)."""
+def _current_rows(
+    graded: Sequence[tuple[datetime, int, int]],
+) -> dict[datetime, tuple[int, int]]:
+    """The current stored row (id, grade) at each time: the newest."""
     newest: dict[datetime, tuple[int, int]] = {}
     for at, gid, grade in graded:
         if at not in newest or gid > newest[at][0]:
             newest[at] = (gid, grade)
-    return max((grade for _, grade in newest.values()), default=None)
+    return newest
 
 
 def patient_row(
@@ -513,7 +516,9 @@ def patient_row(
     platelets = _baseline(timeline, Quantity.PLATELETS_10E9_L)
     crp = _baseline(timeline, Quantity.CRP_MG_L)
     creatinine = _baseline(timeline, Quantity.CREATININE_MG_DL)
-    stored = _stored_max(graded)
+    current = _current_rows(graded)
+    stored = max((grade for _, grade in current.values()), default=None)
+    current_ids = {gid for gid, _ in current.values()}
     row: dict[str, Any] = {
         "patient_id": patient.pseudonym,
         "care_unit_at_infusion": care_unit,
@@ -551,7 +556,8 @@ def patient_row(
         else adjudication.decision,
         "adjudication_stale": None
         if adjudication is None
-        else adjudication.stale(crs.crs_max_grade_astct),
+        else adjudication.stale(crs.crs_max_grade_astct)
+        or adjudication.computed_grade_id not in current_ids,
         **asdict(support),
         **{k: v for k, v in asdict(outcome).items() if k != "outcome_flags"},
         "outcome_flags": ";".join(outcome.outcome_flags) or None,

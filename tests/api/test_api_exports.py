@@ -169,6 +169,13 @@ def test_an_adjudication_is_exported_beside_the_computed_grade(
     cohort = client.get("/v1/review/cohort").json()
     assert cohort["adjudicated"] == 1
     assert cohort["grade_distribution"]["3"] == 1
+    # A late, higher temperature re-derives the peak moment at the same grade:
+    # the verdict rests on a row that is no longer current.
+    send(client, vitals(14, 29.5, patient="P-A", temperature_c=39.5))
+    moved = pd.read_csv(io.StringIO(client.get("/v1/exports/grade-table").text))
+    a = moved.set_index("patient_id").loc["P-A"]
+    assert a["crs_max_grade_astct"] == 3
+    assert a["adjudication_stale"]
     send(
         client,
         record(
