@@ -75,3 +75,22 @@ def count(sessions: sessionmaker[Session], model: type[Any], *where: Any) -> int
     with sessions() as session:
         query = select(func.count()).select_from(model).where(*where)
         return int(session.scalar(query) or 0)
+
+
+def escalating(patient: str = PATIENT) -> list[dict[str, Any]]:
+    """Fever at 20 h (grade 1), hypotension at 26 h (2), a pressor at 32 h (3)."""
+    return [
+        enrolment(patient),
+        vitals(1, 20, patient=patient, temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58),
+        vitals(2, 26, patient=patient, temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40),
+        record(
+            "vasopressor_start",
+            3,
+            patient=patient,
+            started_at=at(32),
+            drug="norepinephrine",
+            dose=0.05,
+            unit="ug/kg/min",
+        ),
+        vitals(4, 33, patient=patient, temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from api_feed import PATIENT, TestClient, at, enrolment, record, vitals
+from api_feed import PATIENT, TestClient, at, enrolment, escalating, record, vitals
 
 pytest_plugins = ("api_fixtures",)
 
@@ -14,25 +14,6 @@ def send(client: TestClient, *records: dict[str, Any]) -> None:
     for body in records:
         reply = client.post("/v1/records", json=body)
         assert reply.status_code == 201, reply.text
-
-
-def escalating(patient: str = PATIENT) -> list[dict[str, Any]]:
-    """Fever at 20 h (grade 1), hypotension at 26 h (2), a pressor at 32 h (3)."""
-    return [
-        enrolment(patient),
-        vitals(1, 20, patient=patient, temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58),
-        vitals(2, 26, patient=patient, temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40),
-        record(
-            "vasopressor_start",
-            3,
-            patient=patient,
-            started_at=at(32),
-            drug="norepinephrine",
-            dose=0.05,
-            unit="ug/kg/min",
-        ),
-        vitals(4, 33, patient=patient, temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
-    ]
 
 
 def parse(value: str) -> datetime:

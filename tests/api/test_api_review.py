@@ -12,7 +12,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 import pytest
-from api_feed import INFUSION, PATIENT, TestClient, at, count, enrolment, record, vitals
+from api_feed import (
+    INFUSION,
+    PATIENT,
+    TestClient,
+    at,
+    count,
+    enrolment,
+    escalating,
+    record,
+    vitals,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,25 +52,6 @@ def hours_ago(value: str) -> float:
     return (datetime.now(UTC) - parse(value)) / timedelta(hours=1)
 
 
-def severe(patient: str = PATIENT) -> list[dict[str, Any]]:
-    """Fever at 20 h (grade 1), hypotension at 26 h (2), a pressor at 32 h (3)."""
-    return [
-        enrolment(patient),
-        vitals(1, 20, patient=patient, temperature_c=38.9, sbp_mmhg=100, dbp_mmhg=58),
-        vitals(2, 26, patient=patient, temperature_c=39.4, sbp_mmhg=84, dbp_mmhg=40),
-        record(
-            "vasopressor_start",
-            3,
-            patient=patient,
-            started_at=at(32),
-            drug="norepinephrine",
-            dose=0.05,
-            unit="ug/kg/min",
-        ),
-        vitals(4, 33, patient=patient, temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
-    ]
-
-
 def ward() -> list[dict[str, Any]]:
     """On the ward, fever at 20 h: grade 1 now and at most."""
     return [
@@ -84,7 +75,7 @@ def out_of_monitoring() -> list[dict[str, Any]]:
 
 
 def everyone(client: TestClient) -> None:
-    send(client, *severe(), *ward(), *out_of_monitoring(), enrolment(UNGRADED))
+    send(client, *escalating(), *ward(), *out_of_monitoring(), enrolment(UNGRADED))
 
 
 def names(page: dict[str, Any]) -> list[str]:
@@ -260,7 +251,7 @@ def test_the_timeline_is_one_ordered_list_of_current_events(
     and superseded records are left out."""
     send(
         client,
-        *severe(),
+        *escalating(),
         record(
             "oxygen",
             5,
@@ -371,7 +362,7 @@ def test_timeline_png_decodes(client: TestClient) -> None:
 
     send(
         client,
-        *severe(),
+        *escalating(),
         record("treatment", 7, given_at=at(34.5), drug="tocilizumab"),
         record("oxygen", 5, observed_at=at(34), device="cpap"),
     )
@@ -397,7 +388,7 @@ def test_timeline_png_decodes(client: TestClient) -> None:
 
 def test_unknown_patients_and_bad_parameters(client: TestClient) -> None:
     """404 for an unknown pseudonym, 422 for bad parameters, never an echo."""
-    send(client, *severe())
+    send(client, *escalating())
     for suffix in ("timeline", "timeline.png", "adjudications"):
         missing = client.get(f"/v1/patients/P-nobody-zz/{suffix}")
         assert missing.status_code == 404, suffix
@@ -440,7 +431,7 @@ def test_adjudication_is_stored_beside_the_computed_grade(
     client: TestClient, db_sessions: sessionmaker[Session]
 ) -> None:
     """Confirm, then override: two rows, the latest counts, grades untouched."""
-    send(client, *severe())
+    send(client, *escalating())
     before = grade_rows(db_sessions)
     url = f"/v1/patients/{PATIENT}/adjudications"
     confirm = {"decision": "confirm", "reason": " matches the chart ", "by": "dr-lee"}
@@ -530,7 +521,7 @@ def test_adjudications_are_refused_without_a_grade_or_when_inconsistent(
     client: TestClient, db_sessions: sessionmaker[Session]
 ) -> None:
     """409 without grades or against the computed maximum; 422 for bad bodies."""
-    send(client, *severe(), enrolment(UNGRADED))
+    send(client, *escalating(), enrolment(UNGRADED))
     none = client.post(
         f"/v1/patients/{UNGRADED}/adjudications",
         json={"decision": "confirm", "reason": "r", "by": "b"},

@@ -43,6 +43,19 @@ def at(days: float = 0, hours: float = 0) -> datetime:
     return T0 + timedelta(days=days, hours=hours)
 
 
+def pressor(
+    rid: str, drug: VasoactiveDrug, start: float, stop: float | None
+) -> InfusionRecord:
+    return InfusionRecord(
+        rid,
+        drug,
+        0.05,
+        VasopressorDoseUnit.UG_KG_MIN,
+        at(hours=start),
+        None if stop is None else at(hours=stop),
+    )
+
+
 def outcome(event: str, days: float, **extra: bool | None) -> OutcomeRecord:
     return OutcomeRecord(f"o-{event}-{days}", at(days), event, **extra)
 
@@ -278,18 +291,6 @@ def test_crs_group(grade: int, group: str) -> None:
 
 
 def test_support_treatments_labs_and_fever() -> None:
-    def pressor(
-        rid: str, drug: VasoactiveDrug, start: float, stop: float | None
-    ) -> InfusionRecord:
-        return InfusionRecord(
-            rid,
-            drug,
-            0.05,
-            VasopressorDoseUnit.UG_KG_MIN,
-            at(hours=start),
-            None if stop is None else at(hours=stop),
-        )
-
     timeline = PatientTimeline(
         infusion_at=T0,
         measurements=(
@@ -397,18 +398,6 @@ def test_eliana_censoring_only_in_remission() -> None:
 
 
 def test_pressors_are_counted_as_agents_after_infusion() -> None:
-    def pressor(
-        rid: str, drug: VasoactiveDrug, start: float, stop: float | None
-    ) -> InfusionRecord:
-        return InfusionRecord(
-            rid,
-            drug,
-            0.05,
-            VasopressorDoseUnit.UG_KG_MIN,
-            at(hours=start),
-            None if stop is None else at(hours=stop),
-        )
-
     same_drug = PatientTimeline(
         infusion_at=T0,
         infusions=(
