@@ -31,12 +31,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
-        try:
-            return pd.read_parquet(path)
-        except ImportError as exc:
-            raise click.ClickException(
-                f"{path}: reading parquet needs pyarrow ({exc})"
-            ) from None
+        return pd.read_parquet(path)
     if name.endswith((".csv", ".csv.gz")):
         return pd.read_csv(path, dtype={"patient_id": str, "disease_status": str})
     raise click.ClickException(f"{path}: give a .csv or .parquet table")

@@ -210,7 +210,7 @@ def test_options_reach_the_analysis(run: Run, tmp_path: Path) -> None:
 
 
 def test_parquet_tables(run: Run, tmp_path: Path) -> None:
-    pytest.importorskip("pyarrow")
+    """pyarrow is a dependency of crsmon: parquet tables always work."""
     table, long = tmp_path / "patients.parquet", tmp_path / "efs_long.parquet"
     pd.read_csv(run.table, dtype={"patient_id": str}).to_parquet(table)
     pd.read_csv(run.long, dtype={"patient_id": str}).to_parquet(long)
