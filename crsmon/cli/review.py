@@ -486,7 +486,7 @@ def _share(part: dict[str, Any]) -> str:
 
 
 def _hours_or_dash(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} h"
+    return "-" if value is None else f"{value:.1f} h"
 
 
 @review.command("cohort")

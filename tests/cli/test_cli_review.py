@@ -321,7 +321,7 @@ def test_cohort_summary_table_and_json() -> None:
     for needle in (
         "2 of 3 (66.7 %)",
         "1 / 1 / 0 / 1 / 0 / 0",
-        "20 h",
+        "20.0 h",
         "medical device",
     ):
         assert needle in table.output
