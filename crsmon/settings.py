@@ -8,6 +8,7 @@ build ``Settings(...)`` directly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -32,6 +33,26 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CRSMON_", extra="forbid")
 
+    mode: Literal["embedded", "production"] = Field(
+        default="embedded",
+        description="production refuses to start without its secrets "
+        "(key_pepper) and hides the interactive API docs.",
+    )
+    key_pepper: SecretStr | None = Field(
+        default=None,
+        description="Server secret mixed into every stored API-key hash "
+        "(required in production; changing it invalidates every key).",
+    )
+    rate_limit: str = Field(
+        default="1200/minute",
+        description="Requests per API key (or per client address before "
+        "authentication), in the limits library's notation; 429 beyond it.",
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where the rate-limit counters live: memory:// (one "
+        "process) or redis://... (shared by every API process).",
+    )
     database_url: str = Field(
         default="sqlite:///crsmon.sqlite3",
         description="SQLAlchemy URL; the embedded default is a SQLite file.",
@@ -87,6 +108,34 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _production_has_its_secrets(self) -> Settings:
+        if self.mode == "production" and self.key_pepper is None:
+            raise ValueError(
+                "production mode needs CRSMON_KEY_PEPPER (a long random secret)"
+            )
+        if self.key_pepper is not None and len(self.key_pepper) < 32:
+            raise ValueError("key_pepper: use at least 32 random characters")
+        return self
+
+    @model_validator(mode="after")
+    def _rate_limit_parses(self) -> Settings:
+        from limits import parse
+
+        try:
+            parse(self.rate_limit)
+        except ValueError as exc:
+            raise ValueError("rate_limit: e.g. 1200/minute") from exc
+        return self
+
+    def pepper(self) -> str:
+        """The key pepper in force (the embedded one when none is set)."""
+        from crsmon.auth.keys import EMBEDDED_PEPPER
+
+        if self.key_pepper is None:
+            return EMBEDDED_PEPPER
+        return self.key_pepper.get_secret_value()
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon.db.engine import make_engine, make_sessions
@@ -93,3 +95,37 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
 def sessions(migrated_engine: Engine) -> sessionmaker[Session]:
     """A session factory on the migrated database."""
     return make_sessions(migrated_engine)
+
+
+@contextmanager
+def guards_off(engine: Engine, table: str) -> Iterator[None]:
+    """Lift the append-only triggers of ``table`` for a test's deliberate edit.
+
+    Tests use this to fabricate states the service never produces (a stale
+    grade, grades wiped to regrade from nothing); the triggers come back after.
+    """
+    found: list[Any] = []
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        else:
+            found = [
+                *connection.execute(
+                    text(
+                        "SELECT name, sql FROM sqlite_master "
+                        "WHERE type = 'trigger' AND tbl_name = :t"
+                    ),
+                    {"t": table},
+                )
+            ]
+            for name, _ in found:
+                connection.execute(text(f"DROP TRIGGER {name}"))
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+            else:
+                for _, sql in found:
+                    connection.execute(text(sql))

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Path, Query
 from pydantic import AwareDatetime
 
-from crsmon.api.deps import SessionDep, SessionsDep
+from crsmon.api.deps import ActorDep, SessionDep, SessionsDep
 from crsmon.api.errors import ApiError
 from crsmon.api.queries import (
     AlertFilter,
@@ -101,14 +101,17 @@ def get_alert(
     },
 )
 def acknowledge(
-    alert_id: Annotated[int, Path(ge=1)], body: AcknowledgeIn, sessions: SessionsDep
+    alert_id: Annotated[int, Path(ge=1)],
+    body: AcknowledgeIn,
+    sessions: SessionsDep,
+    actor: ActorDep,
 ) -> AlertOut:
     """Acknowledge an open alert: who, when (server UTC) and an optional note."""
     now = datetime.now(UTC)
     try:
         with sessions.begin() as session:
             alert, pseudonym = acknowledge_alert(
-                session, alert_id, by=body.by, note=body.note, now=now
+                session, alert_id, by=body.by, note=body.note, now=now, actor=actor
             )
     except UnknownAlertError as exc:
         raise ApiError(404, "alert_id", "no such alert") from exc

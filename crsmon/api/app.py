@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from sqlalchemy.exc import OperationalError
@@ -23,12 +23,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon import __version__
-from crsmon.api import alerts, operations, patients, records, review
-from crsmon.api.deps import AppContext
+from crsmon.api import admin, alerts, operations, patients, records, review
+from crsmon.api.deps import AppContext, RateLimit, authorize
 from crsmon.api.errors import database_unavailable, validation_error
 from crsmon.api.limits import BodyLimit
 from crsmon.api.metrics import app_metrics
 from crsmon.api.tables import router as tables_router
+from crsmon.auth.policy import rule_for
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
@@ -59,6 +60,17 @@ Monitoring of cytokine release syndrome (ASTCT 2019 grading) over HTTP.
   grade table, `efs-long` and `adtte`, pseudonymous, with the grading version
   on every row and a column dictionary at `/v1/exports/{table}/dictionary`.
 - **Operations**: `/health/live`, `/health/ready`, `/metrics` (Prometheus).
+- **Administration** (`/v1/admin/...`): API keys (created, listed, revoked)
+  and the audit trail's verifier.
+
+**Access.** Every route but the two health probes needs
+`Authorization: Bearer <API key>`. A key has one role (`bedside` writes
+records for its care units; `reviewer` reads and acknowledges for its units;
+`analyst` reads the pseudonymous research tables; `admin` manages keys) and,
+for bedside and reviewer keys, care units: another unit's patient answers
+exactly like a missing one. 401: no, bad, expired or revoked key; 403: the
+role may not call the route; 429: the key's rate limit (`Retry-After`).
+Each operation below lists the roles that may call it.
 
 Every refusal has the body `{"detail": [{"field", "reason"}]}`; it names the
 field and the rule, never the value sent.
@@ -91,12 +103,49 @@ class CrsmonAPI(FastAPI):
     """FastAPI with the feed records' JSON Schema in the OpenAPI components."""
 
     def openapi(self) -> dict[str, Any]:
-        """The OpenAPI document, built once."""
+        """The OpenAPI document, built once, with each route's access rule."""
         if self.openapi_schema is None:
             document = super().openapi()
             components = document.setdefault("components", {})
             components.setdefault("schemas", {}).update(feed_record_schemas())
+            components.setdefault("securitySchemes", {})["apiKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A crsmon API key (crsmon_<key_id>_<secret>).",
+            }
+            document_access(document)
         return self.openapi_schema or {}
+
+
+def document_access(document: dict[str, Any]) -> None:
+    """Put the policy table's rule on every operation (security, roles, 401/403)."""
+    refused = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, methods in document.get("paths", {}).items():
+        for method, operation in methods.items():
+            rule = rule_for(method, path)
+            if rule is not None and rule.public:
+                operation["security"] = []
+                continue
+            roles = ", ".join(sorted(rule.roles)) if rule else "nobody"
+            operation["security"] = [{"apiKey": []}]
+            operation["x-crsmon-roles"] = sorted(rule.roles) if rule else []
+            operation["description"] = (
+                f"{operation.get('description', '')}\n\n**Roles:** {roles}"
+                + (f" ({rule.scope} scope)" if rule else "")
+            ).strip()
+            responses = operation.setdefault("responses", {})
+            for status, what in (
+                ("401", "No, bad, expired or revoked API key."),
+                ("403", "This key's role may not call this route."),
+                ("429", "Rate limit: retry after Retry-After seconds."),
+            ):
+                responses.setdefault(
+                    status,
+                    {
+                        "description": what,
+                        "content": {"application/json": {"schema": refused}},
+                    },
+                )
 
 
 def feed_record_schemas() -> dict[str, Any]:
@@ -128,6 +177,7 @@ def create_app(
         rules,
         dispatcher,
         app_metrics(sessions),
+        RateLimit.from_settings(settings),
         risk_status,
     )
 
@@ -138,8 +188,16 @@ def create_app(
         finally:
             engine.dispose()
 
+    production = settings.mode == "production"
     app = CrsmonAPI(
-        title="crsmon", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="crsmon",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Every route runs the authorization dependency (deny by default).
+        dependencies=[Depends(authorize)],
+        docs_url=None if production else "/docs",
+        redoc_url=None if production else "/redoc",
     )
     app.state.crsmon = context
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -147,7 +205,7 @@ def create_app(
     # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(PoolTimeout, database_unavailable)
-    for module in (records, patients, alerts, review, operations):
+    for module in (records, patients, alerts, review, operations, admin):
         app.include_router(module.router)
     app.include_router(tables_router)
     return app

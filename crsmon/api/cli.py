@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import uvicorn
 
-from crsmon.settings import load_settings
+from crsmon.settings import Settings, load_settings
 
 
 @click.command()
@@ -25,5 +25,53 @@ def serve(host: str, port: int, log_level: str) -> None:
     """
     from crsmon.api.app import create_app  # FastAPI loads only for this command
 
-    app = create_app(load_settings())
+    settings = load_settings()
+    app = create_app(settings)
+    if settings.mode == "embedded":
+        _print_local_admin_key(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _print_local_admin_key(settings: Settings) -> None:
+    """Embedded mode with no admin key yet: make one and print it, once.
+
+    Production never does this: its first admin key comes from
+    ``crsmon keys create --role admin`` on the server.
+    """
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from crsmon.cli.options import local_actor
+    from crsmon.db.engine import make_engine, make_sessions
+    from crsmon.db.models import ApiKey
+    from crsmon.services.keys import create_key
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessions(engine).begin() as session:
+            now = datetime.now(UTC)
+            active = session.scalar(
+                select(ApiKey.id).where(
+                    ApiKey.role == "admin", ApiKey.revoked_at.is_(None)
+                )
+            )
+            if active is not None:
+                return
+            _, text = create_key(
+                session,
+                name="local admin (embedded mode)",
+                role="admin",
+                units=[],
+                expires_at=None,
+                actor=local_actor(),
+                now=now,
+                pepper=settings.pepper(),
+            )
+    finally:
+        engine.dispose()
+    click.echo(
+        "embedded mode: created a local admin key (shown once; make others with "
+        f"`crsmon keys create`):\n{text}",
+        err=True,
+    )

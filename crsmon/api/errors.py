@@ -42,9 +42,12 @@ class ApiError(HTTPException):
         reason: str = "refused",
         *,
         detail: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
-            status_code, detail=detail or [{"field": field, "reason": reason}]
+            status_code,
+            detail=detail or [{"field": field, "reason": reason}],
+            headers=headers,
         )
 
     @classmethod

@@ -22,9 +22,10 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.api.deps import ContextDep, DispatcherDep, SessionsDep
+from crsmon.api.deps import ActorDep, ContextDep, DispatcherDep, SessionsDep
 from crsmon.api.errors import ApiError
 from crsmon.api.metrics import AppMetrics
+from crsmon.db.audit import QUARANTINE, Actor, record_event
 from crsmon.db.repository import quarantine
 from crsmon.services.dispatch import Dispatcher
 from crsmon.services.ingest import Outcome, ingest_text
@@ -50,6 +51,7 @@ class Intake:
     dispatcher: Dispatcher
     metrics: AppMetrics
     max_batch_records: int
+    actor: Actor
 
     def one(self, raw: bytes) -> Outcome:
         """One record (``POST /v1/records``)."""
@@ -88,7 +90,12 @@ class Intake:
             outcome = self._quarantine_bytes(raw, channel, line_no)
         else:
             outcome = ingest_text(
-                self.sessions, text, now=now, channel=channel, line_no=line_no
+                self.sessions,
+                text,
+                now=now,
+                channel=channel,
+                line_no=line_no,
+                actor=self.actor,
             )
         self.metrics.intake.labels(status=outcome.status).inc()
         return outcome
@@ -97,12 +104,23 @@ class Intake:
         self, raw: bytes, channel: str, line_no: int | None
     ) -> Outcome:
         with self.sessions.begin() as session:
-            quarantine(
+            row = quarantine(
                 session,
                 channel=channel,
                 error=NOT_UTF8,
                 payload=raw.decode("utf-8", "backslashreplace"),
                 line_no=line_no,
+            )
+            record_event(
+                session,
+                chain=QUARANTINE,
+                actor=self.actor,
+                action="refuse",
+                entity="quarantine",
+                entity_id=row.id,
+                now=datetime.now(UTC),
+                reason=NOT_UTF8,
+                details={"channel": channel},
             )
         return Outcome("refused", error=NOT_UTF8)
 
@@ -123,11 +141,18 @@ class Intake:
 
 
 def get_intake(
-    context: ContextDep, sessions: SessionsDep, dispatcher: DispatcherDep
+    context: ContextDep,
+    sessions: SessionsDep,
+    dispatcher: DispatcherDep,
+    actor: ActorDep,
 ) -> Intake:
-    """The intake for one request."""
+    """The intake for one request (sessions scoped to the caller's units)."""
     return Intake(
-        sessions, dispatcher, context.metrics, context.settings.max_batch_records
+        sessions,
+        dispatcher,
+        context.metrics,
+        context.settings.max_batch_records,
+        actor,
     )
 
 

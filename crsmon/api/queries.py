@@ -19,6 +19,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
+from crsmon.db.audit import SYSTEM, Actor, patient_chain, record_event
 from crsmon.db.models import (
     Alert,
     ClinicalRecord,
@@ -215,7 +216,13 @@ def list_alerts(
 
 
 def acknowledge_alert(
-    session: Session, alert_id: int, *, by: str, note: str | None, now: datetime
+    session: Session,
+    alert_id: int,
+    *,
+    by: str,
+    note: str | None,
+    now: datetime,
+    actor: Actor = SYSTEM,
 ) -> tuple[Alert, str]:
     """Mark an open alert acknowledged (once; a concurrent second call loses).
 
@@ -244,7 +251,20 @@ def acknowledge_alert(
         raise UnknownAlertError("alert: no such alert")
     if not changed:
         raise AlertNotOpenError("status: the alert is already acknowledged")
-    return row[0], row[1]
+    alert = row[0]
+    record_event(
+        session,
+        chain=patient_chain(alert.patient_id),
+        actor=actor,
+        action="acknowledge",
+        entity="alert",
+        entity_id=alert.id,
+        patient_id=alert.patient_id,
+        now=now,
+        reason=note,
+        details={"kind": alert.kind, "by": by},
+    )
+    return alert, row[1]
 
 
 def alert_with_deliveries(

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
-from crsmon.api.deps import ContextDep, SessionDep, SessionsDep
+from crsmon.api.deps import ActorDep, ContextDep, SessionDep, SessionsDep
 from crsmon.api.errors import ApiError
 from crsmon.api.schemas import ErrorBody
 from crsmon.db.models import Patient
@@ -426,6 +426,7 @@ def post_adjudication(
     body: AdjudicationIn,
     sessions: SessionsDep,
     context: ContextDep,
+    actor: ActorDep,
 ) -> AdjudicationOut:
     """Confirm or override the computed maximum grade (a new row every time)."""
     now = datetime.now(UTC)
@@ -441,6 +442,7 @@ def post_adjudication(
                 by=body.by,
                 rule_set=context.rules.key,
                 now=now,
+                actor=actor,
             )
     except InvalidAdjudicationError as exc:
         raise ApiError(422, exc.field, exc.reason) from exc

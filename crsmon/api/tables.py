@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.api.deps import ContextDep, SessionDep
+from crsmon.api.deps import ActorDep, ContextDep, SessionDep
+from crsmon.db.audit import ADMIN, record_event
 from crsmon.domain.rules import RuleSet
 from crsmon.services.exports import (
     NOTICE,
@@ -54,11 +55,32 @@ def _rows(
 def get_export(
     table: TableName,
     context: ContextDep,
+    actor: ActorDep,
     format: Literal["csv", "parquet"] = "csv",
+    purpose: Annotated[
+        str | None,
+        Query(max_length=200, description="Why the table is taken (audited)."),
+    ] = None,
 ) -> StreamingResponse:
     """The grade table, ``efs_long`` or the ADTTE-style table, under the live
-    rule set (pseudonymous; research data, not for clinical decisions)."""
-    rows = _rows(context.sessions, context.rules, table, datetime.now(UTC))
+    rule set (pseudonymous; research data, not for clinical decisions).
+
+    Every export is audited (who, which table, format, rule set, purpose)
+    before the first byte is sent."""
+    now = datetime.now(UTC)
+    with context.sessions.begin() as session:
+        record_event(
+            session,
+            chain=ADMIN,
+            actor=actor,
+            action="export",
+            entity="table",
+            entity_id=table,
+            now=now,
+            reason=purpose,
+            details={"format": format, "rule_set": context.rules.key},
+        )
+    rows = _rows(context.sessions, context.rules, table, now)
     body = csv_chunks(table, rows) if format == "csv" else parquet_chunks(table, rows)
     name = f"crsmon-{table}.{format}"
     return StreamingResponse(

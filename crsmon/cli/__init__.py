@@ -7,11 +7,13 @@ import click
 from crsmon import __version__
 from crsmon.api.cli import serve
 from crsmon.cli.analyze import analyze
+from crsmon.cli.audit import audit
 from crsmon.cli.db import db
 from crsmon.cli.demo import demo
 from crsmon.cli.export import export
 from crsmon.cli.grade import grade
 from crsmon.cli.ingest import ingest
+from crsmon.cli.keys import keys
 from crsmon.cli.model import model
 from crsmon.cli.regrade import regrade
 from crsmon.cli.review import review
@@ -32,11 +34,13 @@ def main() -> None:
 
 
 main.add_command(analyze)
+main.add_command(audit)
 main.add_command(db)
 main.add_command(demo)
 main.add_command(export)
 main.add_command(grade)
 main.add_command(ingest)
+main.add_command(keys)
 main.add_command(model)
 main.add_command(regrade)
 main.add_command(review)

@@ -24,3 +24,26 @@ def upgrade_command(revision: str) -> None:
 def check_command() -> None:
     """Fail if the models and the migrations disagree."""
     check(load_settings().database_url)
+
+
+@db.command("grant-app-role")
+@click.argument("role")
+def grant_command(role: str) -> None:
+    """Give PostgreSQL ROLE the application's least privileges (run as owner).
+
+    The API and workers then connect as ROLE: they can write records and
+    grades but cannot update or delete the audit trail, grades or
+    adjudications, nor rewrite a clinical value in place.
+    """
+    from crsmon.db.engine import make_engine
+    from crsmon.db.grants import grant_app_role
+
+    engine = make_engine(load_settings().database_url)
+    try:
+        statements = grant_app_role(engine, role)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    for statement in statements:
+        click.echo(f"{statement};")

@@ -37,6 +37,8 @@ def _table_command(table: str, summary: str) -> click.Command:
         help="Grade under this rule set (default: the live one, CRSMON_RULE_SET).",
     )
     def command(fmt: str, out: Path, rule_set: str | None) -> None:
+        from crsmon.cli.options import file_sha256, local_actor
+        from crsmon.db.audit import ADMIN, record_event
         from crsmon.db.engine import make_engine, make_sessions
         from crsmon.domain.catalog import resolve_rule_set
         from crsmon.services.exports import (
@@ -57,9 +59,26 @@ def _table_command(table: str, summary: str) -> click.Command:
         name = cast(TableName, table)
         engine = make_engine(settings.database_url)
         try:
-            with make_sessions(engine)() as session:
+            sessions = make_sessions(engine)
+            with sessions() as session:
                 rows = table_rows(name, grade_rows(session, rules, now=now))
                 written = write_table(name, rows, out, cast(Format, fmt))
+            with sessions.begin() as session:
+                record_event(
+                    session,
+                    chain=ADMIN,
+                    actor=local_actor(),
+                    action="export",
+                    entity="table",
+                    entity_id=name,
+                    now=now,
+                    details={
+                        "format": fmt,
+                        "rows": written,
+                        "sha256": file_sha256(out),
+                        "rule_set": rules.key,
+                    },
+                )
         finally:
             engine.dispose()
         click.echo(

@@ -9,6 +9,7 @@ from typing import IO
 import click
 from sqlalchemy.orm import Session, sessionmaker
 
+from crsmon.cli.options import local_actor
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 from crsmon.domain.catalog import resolve_rule_set
@@ -54,12 +55,15 @@ def _ingest_and_grade(
     webhooks: WebhookPolicy | None,
 ) -> tuple[Counter[str], set[int], int]:
     now = datetime.now(UTC)
+    actor = local_actor()
     counts: Counter[str] = Counter()
     touched: set[int] = set()
     for line_no, text in enumerate(file, start=1):
         if not text.strip():
             continue
-        outcome = ingest_text(sessions, text, now=now, channel="file", line_no=line_no)
+        outcome = ingest_text(
+            sessions, text, now=now, channel="file", line_no=line_no, actor=actor
+        )
         counts[outcome.status] += 1
         if outcome.error is not None:
             click.echo(f"line {line_no}: {outcome.error}", err=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import os
 from datetime import datetime
+from pathlib import Path
 
 import click
 
+from crsmon.db.audit import Actor
 from crsmon.domain.catalog import DEFAULT_RULE_SET, resolve_rule_set
 from crsmon.domain.rules import RuleSet
 
@@ -38,3 +43,21 @@ def aware_time(value: str) -> datetime:
     if at.tzinfo is None:
         raise click.BadParameter("give a UTC offset, e.g. 2025-06-30T00:00:00+00:00")
     return at
+
+
+def local_actor() -> Actor:
+    """The operator at this terminal, as the audit trail names them."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = f"uid{os.getuid()}"
+    return Actor(f"local:{user}"[:120], "local")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,6 +27,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from crsmon.cli.options import local_actor
 from crsmon.cli.tables import DISCLAIMER, console
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.models import Patient
@@ -418,6 +419,7 @@ def adjudicate_command(
                 by=by,
                 rule_set=rules.key,
                 now=datetime.now(UTC),
+                actor=local_actor(),
             )
     except InvalidAdjudicationError as exc:
         raise click.BadParameter(exc.reason, param_hint=f"--{exc.field}") from None

@@ -103,6 +103,10 @@ class Patient(Base):
     viability_pct: Mapped[float | None]
     infusion_at: Mapped[datetime]
     recorded_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    scope_unit: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The care unit that owns the patient for access control: the unit of the
+    latest unit stay (open, or the last one before discharge). Derived from the
+    unit stays and rewritten with them; every API query is scoped by it."""
 
 
 class UnitStay(Base):
@@ -301,3 +305,72 @@ class Adjudication(Base):
     adjudicated_by: Mapped[str] = mapped_column(String(120))
     adjudicated_at: Mapped[datetime]
     """Server UTC time of the verdict."""
+
+
+ROLES = ("bedside", "reviewer", "analyst", "admin")
+"""The API roles (docs/security.md has what each may do)."""
+
+
+class ApiKey(Base):
+    """A bearer API key: its public id, the hash of its secret, role and units.
+
+    The secret is shown once at creation and never stored: only its keyed
+    SHA-256 (``secret_hash``). A key is revoked by setting ``revoked_at``
+    (never deleted, so the audit trail's actors stay resolvable).
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint(
+            "role IN ('bedside', 'reviewer', 'analyst', 'admin')", name="role"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(24), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(120))
+    """Who holds it: a person (reviewers, analysts, admins) or a device/feed."""
+    role: Mapped[str] = mapped_column(String(16))
+    units: Mapped[list[Any]]
+    """Care units it may act for; ``["*"]``: every unit."""
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(120))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(120))
+    revoke_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class AuditEvent(Base):
+    """One audited write: who, what, when (server UTC) and why; append-only.
+
+    Events form hash chains: one per patient (``patient:<id>``), one for
+    administrative events (``admin``), one for security denials
+    (``security``) and one for refused input (``quarantine``). ``seq`` numbers
+    a chain's events from 1 and ``hash`` is SHA-256 over the event's canonical
+    content and ``prev_hash``, so a changed, removed or inserted row breaks the
+    chain (``crsmon audit verify``). The database refuses UPDATE and DELETE on
+    this table (triggers on SQLite and PostgreSQL; grants on PostgreSQL).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("chain", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chain: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int]
+    occurred_at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(120))
+    """``key:<key_id>`` (its holder's name is in api_keys), ``local:<os user>``
+    for the command line, or ``system``."""
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str | None] = mapped_column(String(200))
+    patient_id: Mapped[int | None] = mapped_column(index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -88,7 +88,7 @@ def enroll(session: Session, row: PatientRow) -> tuple[Patient, bool]:
         if any(getattr(existing, k) != v for k, v in fields.items()):
             raise ConflictError("patient: already enrolled with different details")
         return existing, False
-    patient = Patient(**fields)
+    patient = Patient(**fields, scope_unit=row.care_unit)
     session.add(patient)
     session.flush()
     session.add(
@@ -371,6 +371,7 @@ def rebuild_unit_stays(session: Session, patient: Patient) -> list[UnitStay]:
     )
     held = [_planned(r) for r in [enrolled, *others]]
     if held == [plan[at], *(s for i, s in enumerate(plan) if i != at)]:
+        _set_scope(patient, ordered_stays(rows))
         return ordered_stays(rows)
     enrolled.from_at, enrolled.to_at = plan[at].from_at, plan[at].to_at
     for row in others:
@@ -388,7 +389,15 @@ def rebuild_unit_stays(session: Session, patient: Patient) -> list[UnitStay]:
     ]
     session.add_all(stays)
     session.flush()
+    _set_scope(patient, ordered_stays(stays))
     return stays
+
+
+def _set_scope(patient: Patient, stays: Sequence[UnitStay]) -> None:
+    """The unit that owns the patient for access control: its latest stay's."""
+    unit = stays[-1].care_unit if stays else None
+    if patient.scope_unit != unit:
+        patient.scope_unit = unit
 
 
 def _planned(row: UnitStay) -> PlannedStay:
@@ -445,18 +454,19 @@ def quarantine(
     source_system: str | None = None,
     source_record_id: str | None = None,
     line_no: int | None = None,
-) -> None:
+) -> QuarantinedRecord:
     """Keep a refused record, with its reason, for review."""
-    session.add(
-        QuarantinedRecord(
-            channel=channel,
-            error=error,
-            payload=payload[:MAX_QUARANTINED_PAYLOAD],
-            source_system=source_system,
-            source_record_id=source_record_id,
-            line_no=line_no,
-        )
+    row = QuarantinedRecord(
+        channel=channel,
+        error=error,
+        payload=payload[:MAX_QUARANTINED_PAYLOAD],
+        source_system=source_system,
+        source_record_id=source_record_id,
+        line_no=line_no,
     )
+    session.add(row)
+    session.flush()
+    return row
 
 
 def current_records(session: Session, patient_id: int) -> list[ClinicalRecord]:

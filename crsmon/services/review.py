@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, get_args
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
 
+from crsmon.db.audit import SYSTEM, Actor, patient_chain, record_event
 from crsmon.db.models import (
     Adjudication,
     Alert,
@@ -761,6 +762,7 @@ def adjudicate(
     by: str,
     rule_set: str,
     now: datetime,
+    actor: Actor = SYSTEM,
 ) -> AdjudicationRow:
     """Store a reviewer's verdict on the patient's computed maximum grade.
 
@@ -813,6 +815,24 @@ def adjudicate(
     )
     session.add(row)
     session.flush()
+    record_event(
+        session,
+        chain=patient_chain(patient.id),
+        actor=actor,
+        action="adjudicate",
+        entity="adjudication",
+        entity_id=row.id,
+        patient_id=patient.id,
+        now=now,
+        reason=reason,
+        details={
+            "decision": decision,
+            "adjudicated_grade": row.adjudicated_grade,
+            "computed_grade": computed.grade,
+            "rule_set": rule_set,
+            "by": by,
+        },
+    )
     return AdjudicationRow.of(row, patient.pseudonym, computed.evaluated_at)
 
 

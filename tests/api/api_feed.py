@@ -6,18 +6,71 @@ than five minutes ahead of the server.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+
+from crsmon.auth.policy import POLICY, ROLES
+from crsmon.db.audit import Actor
+from crsmon.db.engine import make_engine, make_sessions
+from crsmon.services.keys import create_key
 
 with warnings.catch_warnings():
     # Starlette asks for httpx2; the project pins httpx, which still works.
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient as TestClient
+
+
+class AuthClient(TestClient):
+    """A test client that authenticates as the role the access policy allows.
+
+    A request without an ``Authorization`` header gets the key of the first
+    role the policy table allows for its route (every key here covers all
+    units), so tests of behaviour need not repeat credentials. Tests of access
+    itself send their own header (an empty one: no credential).
+    """
+
+    def __init__(self, app: Any, keys: dict[str, str]) -> None:
+        super().__init__(app)
+        self.keys = keys
+
+    def request(
+        self, method: str, url: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Send, with the route's role key unless a header was given."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        given = {k for k in headers if k.lower() == "authorization"}
+        if any(headers[k] == "" for k in given):
+            # An empty header asks for no credential at all.
+            headers = {k: v for k, v in headers.items() if k not in given}
+        elif not given:
+            role = role_for(method, str(url))
+            if role is not None:
+                headers["Authorization"] = f"Bearer {self.keys[role]}"
+        return super().request(method, url, *args, headers=headers, **kwargs)
+
+
+def _template(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(path)) + "$")
+
+
+_ROUTES = [(rule, _template(rule.path)) for rule in POLICY]
+
+
+def role_for(method: str, url: str) -> str | None:
+    """The first role the policy allows for a request (None: public or unknown)."""
+    path = urlsplit(url).path
+    for rule, pattern in _ROUTES:
+        if rule.method == method.upper() and pattern.match(path):
+            return None if rule.public else sorted(rule.roles)[0]
+    return None
+
 
 INFUSION = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
 PATIENT = "P-0001"
@@ -94,3 +147,27 @@ def escalating(patient: str = PATIENT) -> list[dict[str, Any]]:
         ),
         vitals(4, 33, patient=patient, temperature_c=37.2, sbp_mmhg=92, dbp_mmhg=50),
     ]
+
+
+def role_keys(
+    database_url: str, pepper: str, units: list[str] | None = None
+) -> dict[str, str]:
+    """One fresh key per role (all units unless ``units``), by role."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessions(engine).begin() as session:
+            return {
+                role: create_key(
+                    session,
+                    name=f"test {role}",
+                    role=role,
+                    units=units or ["*"],
+                    expires_at=None,
+                    actor=Actor("test", "test"),
+                    now=datetime.now(UTC),
+                    pepper=pepper,
+                )[1]
+                for role in ROLES
+            }
+    finally:
+        engine.dispose()

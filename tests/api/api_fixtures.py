@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from api_feed import MakeClient, TestClient
+from api_feed import AuthClient, MakeClient, TestClient, role_keys
 from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon.api.app import DispatcherFactory, create_app
@@ -39,7 +39,8 @@ def make_client(api_database_url: str) -> Iterator[MakeClient]:
             fields = {"database_url": api_database_url, "broker_url": None}
             settings = Settings(**(fields | overrides))
             app = create_app(settings, dispatcher_factory)
-            return stack.enter_context(TestClient(app))
+            keys = role_keys(api_database_url, settings.pepper())
+            return stack.enter_context(AuthClient(app, keys))
 
         yield make
 

@@ -97,7 +97,11 @@ def test_ready_pings_a_configured_broker(
 
 
 def test_ready_names_a_database_that_does_not_answer(tmp_path: Path) -> None:
-    """503 naming the database; live and /metrics still answer."""
+    """503 naming the database; live still answers.
+
+    /metrics needs an admin key, which cannot be checked without the
+    database: it answers 503 with Retry-After, never 500 and never unchecked.
+    """
     url = f"sqlite:///{tmp_path / 'missing' / 'crsmon.sqlite3'}"
     with TestClient(create_app(Settings(database_url=url, broker_url=None))) as client:
         reply = client.get("/health/ready")
@@ -105,9 +109,9 @@ def test_ready_names_a_database_that_does_not_answer(tmp_path: Path) -> None:
         assert reply.json()["checks"]["database"].startswith("unavailable")
         assert reply.json()["checks"]["broker"] == "not configured"
         assert client.get("/health/live").status_code == 200
-        metrics = client.get("/metrics")
-    assert metrics.status_code == 200
-    assert samples(metrics.text)[("crsmon_database_up", ())] == 0
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer x"})
+    assert metrics.status_code == 503
+    assert metrics.headers["Retry-After"]
 
 
 def test_metrics_report_intake_grading_alerts_and_quarantine(

@@ -11,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+from api_feed import role_keys
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import (
@@ -25,7 +26,7 @@ from worker_harness import (
 
 from crsmon.db.models import Alert, ClinicalRecord, Grade, WebhookDelivery
 from crsmon.services.webhooks import SIGNATURE_HEADER, verify_signature
-from crsmon.settings import SHIPPED_MODELS
+from crsmon.settings import SHIPPED_MODELS, Settings
 
 SECRET = "test-only-e2e-secret"
 
@@ -103,11 +104,16 @@ def _post_and_check(
 
     wait_until(ready, 60, "API ready")
     lines = patient_feed("P-HTTP")
+    keys = role_keys(env["CRSMON_DATABASE_URL"], Settings().pepper())
+    bedside = keys["bedside"]
     for line in lines:
         reply = httpx.post(
             f"{base}/v1/records",
             content=line,
-            headers={"content-type": "application/json"},
+            headers={
+                "content-type": "application/json",
+                "authorization": f"Bearer {bedside}",
+            },
             timeout=10,
         )
         assert reply.status_code in (200, 201), reply.text
@@ -146,6 +152,11 @@ def _post_and_check(
         g.evaluated_at for g in scored if g.t_hours == first_high
     )
     assert all(a.reasons for a in alerts)
-    listed = httpx.get(f"{base}/v1/alerts", params={"patient": "P-HTTP"}, timeout=10)
+    listed = httpx.get(
+        f"{base}/v1/alerts",
+        params={"patient": "P-HTTP"},
+        headers={"authorization": f"Bearer {keys['reviewer']}"},
+        timeout=10,
+    )
     assert listed.status_code == 200
     assert len(listed.json()["items"]) == len(alerts)

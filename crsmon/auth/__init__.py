@@ -1,0 +1,1 @@
+"""Access control: API keys, roles and the route policy (docs/security.md)."""
