@@ -10,6 +10,8 @@ Also runnable without the ``crsmon`` entry point: ``python -m workers.cli worker
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from crsmon.settings import load_settings
@@ -36,6 +38,7 @@ def worker(
         argv.append(f"--concurrency={concurrency}")
     if hostname is not None:
         argv.append(f"--hostname={hostname}")
+    use_json_logs()
     make_celery(load_settings()).worker_main(argv)
 
 
@@ -50,7 +53,21 @@ def beat(loglevel: str, schedule: str | None) -> None:
     argv = ["beat", f"--loglevel={loglevel}"]
     if schedule is not None:
         argv.append(f"--schedule={schedule}")
+    use_json_logs()
     make_celery(load_settings()).start(argv)
+
+
+def use_json_logs() -> None:
+    """Celery sets up its own log handlers; give them crsmon's JSON formatter."""
+    from celery.signals import after_setup_logger, after_setup_task_logger
+
+    from crsmon.logs import format_handlers
+
+    def formatted(logger: logging.Logger, **_: object) -> None:
+        format_handlers(logger)
+
+    after_setup_logger.connect(formatted, weak=False)
+    after_setup_task_logger.connect(formatted, weak=False)
 
 
 cli = click.Group("workers", commands=[worker, beat], help="crsmon worker processes.")

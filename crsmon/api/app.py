@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon import __version__
 from crsmon.api import admin, alerts, operations, patients, records, review
+from crsmon.api.access import AccessLog
 from crsmon.api.deps import AppContext, RateLimit, authorize
 from crsmon.api.errors import database_unavailable, validation_error
 from crsmon.api.limits import BodyLimit
@@ -201,6 +202,7 @@ def create_app(
     )
     app.state.crsmon = context
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
     app.add_exception_handler(RequestValidationError, validation_error)
     # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
     app.add_exception_handler(OperationalError, database_unavailable)

@@ -24,12 +24,24 @@ def serve(host: str, port: int, log_level: str) -> None:
     at /health/live and /health/ready, Prometheus metrics at /metrics.
     """
     from crsmon.api.app import create_app  # FastAPI loads only for this command
+    from crsmon.logs import configure_logging
 
+    configure_logging(log_level)
     settings = load_settings()
     app = create_app(settings)
     if settings.mode == "embedded":
         _print_local_admin_key(settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # No uvicorn access log (it prints paths and query strings): crsmon's own
+    # (crsmon.api.access) logs route templates and ids. log_config=None keeps
+    # the JSON logging configured above.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        log_config=None,
+    )
 
 
 def _print_local_admin_key(settings: Settings) -> None:
