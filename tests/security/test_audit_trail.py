@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from api_feed import TestClient, at, escalating, record, vitals
+from api_feed import MakeClient, TestClient, at, escalating, record, vitals
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
@@ -34,6 +34,13 @@ from crsmon.db.models import Alert, AuditEvent, ClinicalRecord, Patient
 from crsmon.services.ingest import ingest_text
 
 pytest_plugins = ("api_fixtures",)
+
+
+@pytest.fixture
+def client(make_client: MakeClient) -> TestClient:
+    """The app without risk scoring (the trail does not depend on it; faster)."""
+    return make_client(risk_model_dir=None)
+
 
 PATIENT = "P-AUD"
 

@@ -89,23 +89,29 @@ class World:
     serial: Any
 
 
-def _key(sessions: sessionmaker[Session], settings: Settings, caller: Caller) -> str:
+def _keys(
+    sessions: sessionmaker[Session], settings: Settings, callers: list[Caller]
+) -> list[str]:
+    """One key per caller, in one transaction."""
     with sessions.begin() as session:
-        return create_key(
-            session,
-            name=caller.name,
-            role=caller.role or "admin",
-            units=list(caller.units),
-            expires_at=None,
-            actor=Actor("test", "test"),
-            now=datetime.now(UTC),
-            pepper=settings.pepper(),
-        )[1]
+        return [
+            create_key(
+                session,
+                name=caller.name,
+                role=caller.role or "admin",
+                units=list(caller.units),
+                expires_at=None,
+                actor=Actor("test", "test"),
+                now=datetime.now(UTC),
+                pepper=settings.pepper(),
+            )[1]
+            for caller in callers
+        ]
 
 
 @pytest.fixture
 def world(make_client: MakeClient, db_sessions: sessionmaker[Session]) -> World:
-    client = make_client()
+    client = make_client(risk_model_dir=None)  # no risk scores: faster grading
     for owner, unit in (("A", UNIT_A), ("B", UNIT_B)):
         patient = OWNER[owner]
         feed = escalating(patient)
@@ -114,7 +120,10 @@ def world(make_client: MakeClient, db_sessions: sessionmaker[Session]) -> World:
             reply = client.post("/v1/records", json=_retag(record, patient))
             assert reply.status_code == 201, reply.text
     settings = Settings(database_url="sqlite://", broker_url=None)
-    keys = {c.name: _key(db_sessions, settings, c) for c in CALLERS if c.role}
+    named = [c for c in CALLERS if c.role]
+    keys = dict(
+        zip([c.name for c in named], _keys(db_sessions, settings, named), strict=True)
+    )
     with db_sessions() as session:
         alerts = {
             owner: list(
@@ -129,10 +138,8 @@ def world(make_client: MakeClient, db_sessions: sessionmaker[Session]) -> World:
         }
     assert alerts["A"], "the escalating feed raises alerts"
     assert alerts["B"], "the escalating feed raises alerts"
-    spare = [
-        parse(_key(db_sessions, settings, Caller(f"spare-{n}", "bedside", (UNIT_A,))))
-        for n in range(40)
-    ]
+    spares = [Caller(f"spare-{n}", "bedside", (UNIT_A,)) for n in range(40)]
+    spare = [parse(text) for text in _keys(db_sessions, settings, spares)]
     return World(
         client,
         db_sessions,
