@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import get_args
 
 from pydantic import TypeAdapter, ValidationError
 
-from crsmon.intake.schemas import ClinicalIn, FeedRecord, PatientIn
+from crsmon.intake.schemas import (
+    KEY_PATTERN,
+    SYSTEM_PATTERN,
+    ClinicalIn,
+    FeedRecord,
+    PatientIn,
+)
 from crsmon.schemas.errors import describe
 from crsmon.schemas.jsonl import read_object
 
@@ -29,15 +36,21 @@ class Refused:
     source_record_id: str | None = None
 
 
-def _text_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and len(value) <= 128 else None
+_SYSTEM = re.compile(SYSTEM_PATTERN)
+_KEY = re.compile(KEY_PATTERN)
+
+
+def _valid_or_none(pattern: re.Pattern[str], value: object) -> str | None:
+    """The sender or key of a refused record, kept only if well formed (anything
+    else, a NUL or a megabyte of it, stays in the kept payload alone)."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 def parse_record(text: str, now: datetime) -> FeedRecord | Refused:
     """The record in ``text``, validated against the server time ``now``."""
     obj, problem = read_object(text)
-    sender = None if obj is None else _text_or_none(obj.get("source_system"))
-    key = None if obj is None else _text_or_none(obj.get("source_record_id"))
+    sender = None if obj is None else _valid_or_none(_SYSTEM, obj.get("source_system"))
+    key = None if obj is None else _valid_or_none(_KEY, obj.get("source_record_id"))
     if problem is not None:
         return Refused(problem, sender, key)
     try:

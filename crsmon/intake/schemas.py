@@ -12,7 +12,8 @@ converted exactly as grading.md §4.3 says; the original value is kept.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -47,22 +48,63 @@ from crsmon.schemas.common import (
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """A clock a few minutes fast at the bedside is tolerated; more is an error."""
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""A time before this is an entry error (a default or epoch-zero date, a lost
+century), never a CAR T course. It also keeps every stored time, and every
+look-back window the grader opens from it, far inside the datetime range."""
 
-Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@/-]{1,128}$")]
-System = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+KEY_PATTERN = r"^[A-Za-z0-9._:@/-]{1,128}$"
+SYSTEM_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+KEY_MAX_CHARS = 128
+"""The width of ``clinical_records.source_record_id`` and of ``Key``."""
+PRODUCT_NAME_MAX_CHARS = 120
+"""The width of ``patients.product_name``."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _no_control(pattern: re.Pattern[str], allowed: str) -> AfterValidator:
+    """Refuse control characters (NUL above all: PostgreSQL text cannot hold it)."""
+
+    def check(value: str) -> str:
+        if pattern.search(value):
+            raise ValueError(f"must not contain control characters{allowed}")
+        return value
+
+    return AfterValidator(check)
+
+
+Key = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+System = Annotated[str, StringConstraints(pattern=SYSTEM_PATTERN)]
 Pseudonym = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-FreeText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-CareUnit = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FreeText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=500),
+    _no_control(_CONTROL_BUT_LINE_BREAKS, " (other than tab and line breaks)"),
+]
+"""Text a person wrote (a reason, a note): it may run over several lines."""
+
+_ONE_LINE = _no_control(_CONTROL, "")
+CareUnit = Annotated[str, StringConstraints(min_length=1, max_length=64), _ONE_LINE]
+ProductName = Annotated[
+    str, StringConstraints(min_length=1, max_length=PRODUCT_NAME_MAX_CHARS), _ONE_LINE
+]
+Clinician = Annotated[str, StringConstraints(min_length=1, max_length=120), _ONE_LINE]
+DAYS_PER_YEAR = 365.25
+"""As the state builder counts a birth date's age (crsmon.domain.state)."""
 
 
-def _not_future(value: datetime, info: ValidationInfo) -> datetime:
+def _in_time_range(value: datetime, info: ValidationInfo) -> datetime:
+    if value < EARLIEST_TIME:
+        raise ValueError("is before 2000-01-01 (an entry error: a default date?)")
     now = (info.context or {}).get("now")
     if now is not None and value - now > FUTURE_TOLERANCE:
         raise ValueError("is more than 5 minutes in the future of the server clock")
     return value
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_not_future)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_time_range)]
 
 
 class _Record(StrictModel):
@@ -99,7 +141,7 @@ class ProductIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    name: FreeText
+    name: ProductName
     dose_cells_per_kg: Annotated[float, Field(gt=0, le=1e10)]
     viability_pct: Annotated[float, Field(ge=0, le=100)]
 
@@ -123,6 +165,14 @@ class PatientIn(_Record):
     def _age_known(self) -> PatientIn:
         if self.birth_date is None and self.age_years is None:
             raise ValueError("age_years: give birth_date or age_years")
+        born = self.birth_date
+        if born is not None:
+            days = (self.infusion_at.date() - born).days
+            if LIMITS["age_years"].rejects(days / DAYS_PER_YEAR):
+                raise ValueError(
+                    "birth_date: must give an age at infusion_at "
+                    f"{LIMITS['age_years'].reject_reason()} (plausibility limit, §4.4)"
+                )
         return self
 
     def patient_row(self) -> PatientRow:
@@ -153,6 +203,8 @@ _VITALS = (
     "respiratory_rate_per_min",
     "spo2_pct",
 )
+VITALS_KEY_MAX_CHARS = KEY_MAX_CHARS - max(len(f"#{name}") for name in _VITALS)
+"""A vitals set's id leaves room for the ``#<field>`` of its rows' keys."""
 
 
 class VitalsIn(_PatientRecord):
@@ -172,6 +224,16 @@ class VitalsIn(_PatientRecord):
     spo2_pct: Annotated[float | None, within("spo2_pct")] = None
 
     _above_dbp = field_validator("sbp_mmhg")(sbp_above_dbp)
+
+    @field_validator("source_record_id")
+    @classmethod
+    def _room_for_the_field(cls, value: str) -> str:
+        if len(value) > VITALS_KEY_MAX_CHARS:
+            raise ValueError(
+                f"at most {VITALS_KEY_MAX_CHARS} characters for a vitals record "
+                "(each value is stored as <source_record_id>#<field>)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _some_value(self) -> VitalsIn:
@@ -357,7 +419,7 @@ class AttributionIn(_PatientRecord):
     finding: Finding
     start_at: Timestamp
     end_at: Timestamp | None = None
-    by: Annotated[str, StringConstraints(min_length=1, max_length=120)]
+    by: Clinician
     reason: FreeText
 
     def rows(self) -> list[RecordRow]:

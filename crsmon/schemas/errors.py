@@ -19,14 +19,25 @@ _MESSAGES = {
 }
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+"""A name a schema field can have. Any other key a sender used (a NUL, a
+megabyte, a pasted value) is not repeated: the path stops at its parent."""
+
+
 def field_path(loc: Sequence[int | str]) -> str:
-    """``("vasopressors", 0, "drug")`` -> ``vasopressors[0].drug``."""
+    """``("vasopressors", 0, "drug")`` -> ``vasopressors[0].drug``.
+
+    The path ends before the first key that is not a field name (``""`` if that
+    is the first), so a sender's arbitrary key is never echoed.
+    """
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        else:
+        elif _NAME.fullmatch(part):
             path += f".{part}" if path else part
+        else:
+            break
     return path
 
 

@@ -68,7 +68,7 @@ def _first_problem(root: Any) -> str | None:
             return f"{where}: must be a finite number (NaN and infinity are not JSON)"
         if isinstance(value, _Object):
             if value.duplicates:
-                key = field_path((*path, value.duplicates[0]))
+                key = field_path((*path, value.duplicates[0])) or "$"
                 return f"{key}: duplicate key (a value must be sent once)"
             stack += [((*path, k), v) for k, v in reversed(value.items())]
         elif isinstance(value, list):
@@ -91,6 +91,9 @@ def read_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"$: not valid JSON ({exc.msg} at column {exc.colno})"
     except RecursionError:
         return None, "$: nested too deeply"
+    except ValueError:
+        # int() refuses a number of more than sys.get_int_max_str_digits() digits
+        return None, "$: not valid JSON (a number with too many digits)"
     if not isinstance(value, dict):
         kind = _JSON_TYPES.get(type(value), "value")
         return None, f"$: must be a JSON object, not a JSON {kind}"

@@ -283,3 +283,88 @@ def test_each_loinc_code_names_exactly_one_quantity() -> None:
     assert set(CODES) == set(Quantity)
     for code in CODES.values():
         assert code.units[code.canonical_unit] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"kind": "vitals", "observed_at": "1999-12-31T23:59:59Z"},
+            "observed_at: is before 2000-01-01",
+        ),
+        (
+            {"kind": "vitals", "observed_at": "0001-01-01T00:00:00+05:00"},
+            "observed_at: is before 2000-01-01",
+        ),
+        (
+            {"kind": "vitals", "source_record_id": "k" * 104},
+            "source_record_id: at most 103 characters for a vitals record",
+        ),
+        (
+            {"kind": "transfer", "transferred_at": "2026-03-01T10:00:00Z"}
+            | {"care_unit": "PICU\u0000"},
+            "care_unit: must not contain control characters",
+        ),
+        (
+            {"kind": "attribution", "finding": "fever"}
+            | {"start_at": "2026-03-01T10:00:00Z", "by": "dr\n3", "reason": "x"},
+            "by: must not contain control characters",
+        ),
+        (
+            {"kind": "retraction", "at": "2026-03-01T10:00:00Z"}
+            | {"target_record_id": "r-0", "reason": "bed\u00072"},
+            "reason: must not contain control characters (other than tab",
+        ),
+        (
+            {"kind": "patient", "care_unit": "PICU", "birth_date": "1890-01-01"}
+            | {"infusion_at": "2026-03-01T08:00:00Z"},
+            "birth_date: must give an age at infusion_at must be >= 0 and <= 120",
+        ),
+        (
+            {"kind": "patient", "care_unit": "PICU", "birth_date": "2026-03-02"}
+            | {"infusion_at": "2026-03-01T08:00:00Z"},
+            "birth_date: must give an age",
+        ),
+        (
+            {"kind": "patient", "care_unit": "PICU", "age_years": 9}
+            | {"infusion_at": "2026-03-01T08:00:00Z"}
+            | {
+                "product": {
+                    "name": "n" * 121,
+                    "dose_cells_per_kg": 1e6,
+                    "viability_pct": 90,
+                }
+            },
+            "product.name: String should have at most 120 characters",
+        ),
+    ],
+)
+def test_hostile_times_texts_and_keys_are_refused(
+    fields: dict[str, Any], message: str
+) -> None:
+    """Times before 2000, control characters, ids without room for ``#<field>``,
+    impossible birth dates and over-long product names never reach the store."""
+    record = {"temperature_c": 38.0, "observed_at": "2026-03-01T10:00:00Z"}
+    if fields.get("kind") != "vitals":
+        record = {}
+    error = refused(**(record | fields))
+    assert error.startswith(message), error
+
+
+def test_free_text_keeps_line_breaks_and_a_refusal_keeps_only_a_wellformed_key() -> (
+    None
+):
+    """A reason may run over lines; a refused record's sender and key are kept
+    for the quarantine only when they are well formed."""
+    record = parse(
+        kind="retraction",
+        at="2026-03-01T10:00:00Z",
+        target_record_id="r-0",
+        reason="wrong bed\r\n\tsee note",
+    )
+    assert record.reason == "wrong bed\r\n\tsee note"
+    garbled = parse_record(
+        json.dumps({**BASE, "source_system": "mon\u0000", "kind": "x"}), NOW
+    )
+    assert isinstance(garbled, Refused)
+    assert (garbled.source_system, garbled.source_record_id) == (None, "r-1")

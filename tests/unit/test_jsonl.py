@@ -56,3 +56,37 @@ def test_field_paths_read_like_the_json() -> None:
     assert field_path(("episode", "observations", 2, "t_hours")) == (
         "episode.observations[2].t_hours"
     )
+
+
+def test_a_number_with_too_many_digits_is_refused_not_raised() -> None:
+    """``int()`` refuses more than 4300 digits: that is a refusal, not a crash."""
+    obj, problem = read_object('{"temperature_c": 1' + "0" * 5000 + "}")
+    assert obj is None
+    assert problem == "$: not valid JSON (a number with too many digits)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"\\u0000": 1, "\\u0000": 2}', "$: duplicate key"),
+        ('{"a": {"x y": NaN}}', "a: must be a finite number"),
+        ('{"' + "k" * 65 + '": [Infinity]}', "$: must be a finite number"),
+    ],
+)
+def test_a_key_that_is_no_field_name_is_not_echoed(text: str, message: str) -> None:
+    """The path stops before a key no schema can have (it may hold anything)."""
+    _, problem = read_object(text)
+    assert problem is not None
+    assert problem.startswith(message)
+    assert "\x00" not in problem
+    assert "x y" not in problem
+    assert "k" * 65 not in problem
+
+
+def test_field_paths_stop_before_a_key_that_is_no_field_name() -> None:
+    """Hyphenated names (HTTP headers) stay; anything else ends the path."""
+    assert field_path(("x-api-key",)) == "x-api-key"
+    assert field_path(("product", "na me", "x")) == "product"
+    assert field_path(("organ_toxicity_ctcae", "BAD KEY", "[key]")) == (
+        "organ_toxicity_ctcae"
+    )
