@@ -459,7 +459,8 @@ def quarantine(
     row = QuarantinedRecord(
         channel=channel,
         error=error,
-        payload=payload[:MAX_QUARANTINED_PAYLOAD],
+        # PostgreSQL text cannot hold NUL: kept visibly escaped, as \x00.
+        payload=payload[:MAX_QUARANTINED_PAYLOAD].replace("\x00", "\\x00"),
         source_system=source_system,
         source_record_id=source_record_id,
         line_no=line_no,

@@ -16,7 +16,7 @@ enrolment may only name one of the key's units.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +35,11 @@ from crsmon.db.repository import (
 from crsmon.db.scope import UNSCOPED, session_units
 from crsmon.intake.parse import Refused, parse_record
 from crsmon.intake.schemas import FeedRecord, PatientIn, RetractionIn
+from crsmon.schemas.snapshot import MAX_T_HOURS
+
+
+class RecordRefused(ValueError):
+    """A valid record that cannot be taken for this patient or this caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,7 @@ def ingest_text(
     try:
         with sessions.begin() as session:
             return _store(session, parsed, actor, now, channel)
-    except (ConflictError, UnknownPatientError) as exc:
+    except (ConflictError, UnknownPatientError, RecordRefused) as exc:
         refused = Refused(str(exc), parsed.source_system, parsed.source_record_id)
         status = "conflict" if isinstance(exc, ConflictError) else "refused"
         outcome = _refuse(sessions, refused, text, channel, line_no, actor, now)
@@ -74,7 +79,7 @@ def _enrol(session: Session, record: PatientIn) -> tuple[Patient, bool]:
     units = session_units(session)
     if units is not None:
         if record.care_unit not in units:
-            raise UnknownPatientError("care_unit: not a unit this key may write for")
+            raise RecordRefused("care_unit: not a unit this key may write for")
         taken = session.scalar(
             select(Patient.id)
             .where(Patient.pseudonym == record.patient)
@@ -104,6 +109,31 @@ def _reason(record: FeedRecord) -> str | None:
     return reason
 
 
+MAX_FROM_INFUSION = timedelta(hours=MAX_T_HOURS)
+"""How far from its patient's infusion a record may lie (the grader's bound)."""
+
+
+def _time_fields(record: FeedRecord) -> list[tuple[str, datetime]]:
+    return [
+        (name, value)
+        for name in type(record).model_fields
+        if isinstance(value := getattr(record, name), datetime)
+    ]
+
+
+def _within_course(record: FeedRecord, patient: Patient) -> None:
+    """A time years away from the infusion is an entry error, never graded.
+
+    Raises:
+        RecordRefused: naming the field.
+    """
+    for name, value in _time_fields(record):
+        if abs(value - patient.infusion_at) > MAX_FROM_INFUSION:
+            raise RecordRefused(
+                f"{name}: more than {MAX_T_HOURS:g} h from the patient's infusion"
+            )
+
+
 def _store(
     session: Session, record: FeedRecord, actor: Actor, now: datetime, channel: str
 ) -> Outcome:
@@ -124,6 +154,7 @@ def _store(
             )
         return Outcome("stored" if created else "duplicate", patient.id)
     patient = patient_by_pseudonym(session, record.patient)
+    _within_course(record, patient)
     stored = store_records(
         session, patient, record.source_system, record.rows(), digest
     )
