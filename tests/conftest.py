@@ -12,6 +12,7 @@ under ``CI=true``: CI must never pass by skipping a backend.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -129,3 +130,23 @@ def guards_off(engine: Engine, table: str) -> Iterator[None]:
             else:
                 for _, sql in found:
                     connection.execute(text(sql))
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """Undo ``configure_logging`` (``crsmon serve`` in process) after each test."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "celery")
+    saved = {
+        name: (
+            logging.getLogger(name).handlers[:],
+            logging.getLogger(name).level,
+            logging.getLogger(name).propagate,
+        )
+        for name in names
+    }
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from crsmon.api.deps import ActorDep, ContextDep, SessionDep, SessionsDep
+from crsmon.api.deps import NO_NUL, ActorDep, ContextDep, SessionDep, SessionsDep
 from crsmon.api.errors import ApiError
-from crsmon.api.schemas import ErrorBody
+from crsmon.api.schemas import UNREADABLE_BODY, ErrorBody
 from crsmon.db.audit import verify
 from crsmon.db.models import ApiKey
 from crsmon.services.keys import KeyRefusal, create_key, list_keys, revoke_key
@@ -22,7 +22,7 @@ from crsmon.services.keys import KeyRefusal, create_key, list_keys, revoke_key
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
-UnitName = Annotated[str, Field(min_length=1, max_length=64)]
+UnitName = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
 class KeyIn(BaseModel):
@@ -30,7 +30,7 @@ class KeyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=120)]
+    name: Annotated[str, Field(min_length=1, max_length=120, pattern=NO_NUL)]
     role: Literal["bedside", "reviewer", "analyst", "admin"]
     units: Annotated[list[UnitName], Field(max_length=200)] = []
     """Care units (bedside, reviewer); ``["*"]``: all. Ignored for analyst/admin."""
@@ -69,7 +69,7 @@ class RevokeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)]
 
 
 class BreakOut(BaseModel):
@@ -92,7 +92,8 @@ class VerificationOut(BaseModel):
 
 
 _REFUSED: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorBody, "description": "Refused: the field and why."}
+    **UNREADABLE_BODY,
+    422: {"model": ErrorBody, "description": "Refused: the field and why."},
 }
 
 
@@ -127,7 +128,10 @@ def post_key(
 @router.post(
     "/keys/{key_id}/revoke",
     response_model=KeyOut,
-    responses={404: {"model": ErrorBody, "description": "No such key."}},
+    responses={
+        **UNREADABLE_BODY,
+        404: {"model": ErrorBody, "description": "No such key."},
+    },
 )
 def post_revoke(
     key_id: KeyId, body: RevokeIn, sessions: SessionsDep, actor: ActorDep

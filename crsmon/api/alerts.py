@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
-from crsmon.api.deps import ActorDep, SessionDep, SessionsDep
+from crsmon.api.deps import (
+    NO_NUL,
+    OFFSET_MAX,
+    ROW_ID_MAX,
+    ActorDep,
+    SessionDep,
+    SessionsDep,
+)
 from crsmon.api.errors import ApiError
 from crsmon.api.queries import (
     AlertFilter,
@@ -20,6 +28,7 @@ from crsmon.api.queries import (
     list_alerts,
 )
 from crsmon.api.schemas import (
+    UNREADABLE_BODY,
     AcknowledgeIn,
     AlertDetailOut,
     AlertOut,
@@ -30,6 +39,19 @@ from crsmon.api.schemas import (
 from crsmon.domain.alerts import AlertKind
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+_NUMBER = re.compile(r"[+-]?[0-9.]+")
+
+
+def _date_time_text(value: object) -> object:
+    """Only an ISO 8601 date-time, as documented: Pydantic would also read a
+    bare number as Unix time (``since=0`` is 1970-01-01)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("must be an ISO 8601 date-time with a time zone")
+    return value
+
+
+QueryTime = Annotated[AwareDatetime | None, BeforeValidator(_date_time_text)]
 
 
 def _origin(url: str) -> str:
@@ -44,19 +66,15 @@ def get_alerts(
     session: SessionDep,
     status: Literal["open", "acknowledged"] | None = None,
     kind: AlertKind | None = None,
-    patient: Annotated[str | None, Query(max_length=64)] = None,
-    since: Annotated[
-        AwareDatetime | None, Query(description="triggered_at >= since")
-    ] = None,
-    until: Annotated[
-        AwareDatetime | None, Query(description="triggered_at < until")
-    ] = None,
+    patient: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    since: Annotated[QueryTime, Query(description="triggered_at >= since")] = None,
+    until: Annotated[QueryTime, Query(description="triggered_at < until")] = None,
     min_grade: Annotated[
         int | None,
         Query(ge=0, le=5, description="Alerts without a grade are left out."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ) -> AlertPage:
     """Alerts, newest condition first, filtered by every parameter given."""
     where = AlertFilter(status, kind, patient, since, until, min_grade)
@@ -71,7 +89,7 @@ def get_alerts(
     responses={404: {"model": ErrorBody, "description": "No alert with this id."}},
 )
 def get_alert(
-    alert_id: Annotated[int, Path(ge=1)], session: SessionDep
+    alert_id: Annotated[int, Path(ge=1, le=ROW_ID_MAX)], session: SessionDep
 ) -> AlertDetailOut:
     """One alert, with the record of its webhook pushes."""
     try:
@@ -96,12 +114,13 @@ def get_alert(
     "/{alert_id}/acknowledge",
     response_model=AlertOut,
     responses={
+        **UNREADABLE_BODY,
         404: {"model": ErrorBody, "description": "No alert with this id."},
         409: {"model": ErrorBody, "description": "Already acknowledged."},
     },
 )
 def acknowledge(
-    alert_id: Annotated[int, Path(ge=1)],
+    alert_id: Annotated[int, Path(ge=1, le=ROW_ID_MAX)],
     body: AcknowledgeIn,
     sessions: SessionsDep,
     actor: ActorDep,

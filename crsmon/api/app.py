@@ -11,6 +11,7 @@ Serve it with ``crsmon serve``, or with uvicorn's factory mode:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,12 +22,13 @@ from pydantic import TypeAdapter
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crsmon import __version__
 from crsmon.api import admin, alerts, operations, patients, records, review
 from crsmon.api.access import AccessLog
 from crsmon.api.deps import AppContext, RateLimit, authorize
-from crsmon.api.errors import database_unavailable, validation_error
+from crsmon.api.errors import database_unavailable, http_error, validation_error
 from crsmon.api.limits import BodyLimit
 from crsmon.api.metrics import app_metrics
 from crsmon.api.tables import router as tables_router
@@ -114,13 +116,38 @@ class CrsmonAPI(FastAPI):
                 "scheme": "bearer",
                 "description": "A crsmon API key (crsmon_<key_id>_<secret>).",
             }
+            document_refusals(document)
             document_access(document)
         return self.openapi_schema or {}
 
 
+REFUSED = {"$ref": "#/components/schemas/ErrorBody"}
+FASTAPI_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+
+
+def document_refusals(document: dict[str, Any]) -> None:
+    """FastAPI's 422 as the app really sends it (``ErrorBody``).
+
+    FastAPI documents its 422 with its ``HTTPValidationError``, but the app's
+    handler answers ``{"detail": [{"field", "reason"}]}`` (:mod:`.errors`).
+    """
+    paths = document.get("paths", {})
+    for methods in paths.values():
+        for operation in methods.values():
+            refusal = operation.get("responses", {}).get("422", {})
+            content = refusal.get("content", {}).get("application/json", {})
+            if content.get("schema") == FASTAPI_422:
+                refusal["description"] = "Refused: each field and why."
+                content["schema"] = REFUSED
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'"#/components/schemas/{unused}"' not in json.dumps(document):
+            schemas.pop(unused, None)
+
+
 def document_access(document: dict[str, Any]) -> None:
     """Put the policy table's rule on every operation (security, roles, 401/403)."""
-    refused = {"$ref": "#/components/schemas/ErrorBody"}
+    refused = REFUSED
     for path, methods in document.get("paths", {}).items():
         for method, operation in methods.items():
             rule = rule_for(method, path)
@@ -204,6 +231,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(PoolTimeout, database_unavailable)

@@ -100,6 +100,21 @@ def get_settings(context: ContextDep) -> Settings:
     return context.settings
 
 
+ROW_ID_MAX = 2**31 - 1
+"""The largest row id (``INTEGER`` keys are 32-bit on PostgreSQL).
+
+An id from a request is bounded by it (``le=ROW_ID_MAX``): a larger one is
+refused with 422 instead of overflowing the driver (a 500).
+"""
+OFFSET_MAX = 2**63 - 1
+"""The largest page offset both databases bind (64-bit; SQLite overflows past it)."""
+NO_NUL = r"^[^\x00]*$"
+"""The pattern of every free-text parameter and field: no NUL character.
+
+PostgreSQL text cannot hold one; sent on, it fails the query (a 500), so it is
+refused with 422 like any other invalid value.
+"""
+
 UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="crsmon"'}
 _REFUSED = {
     "missing": "send Authorization: Bearer <API key>",

@@ -11,7 +11,9 @@ import re
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crsmon.schemas.errors import field_path
 
@@ -67,6 +69,29 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         for e in errors
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """Framework refusals in the shared shape too.
+
+    FastAPI and Starlette raise their own errors with a plain-text ``detail``:
+    400 for a JSON body they cannot read (not UTF-8), 404 for an unknown path,
+    405 for a method a path does not have. They get ``[{"field": "$",
+    "reason": ...}]``, like every :class:`ApiError` (which passes unchanged).
+    """
+    if not isinstance(exc, StarletteHTTPException):  # registered for it only
+        raise exc
+    headers = getattr(exc, "headers", None)
+    if not is_body_allowed_for_status_code(exc.status_code):
+        return Response(status_code=exc.status_code, headers=headers)
+    detail = (
+        exc.detail
+        if isinstance(exc.detail, list)
+        else [{"field": "$", "reason": str(exc.detail)}]
+    )
+    return JSONResponse(
+        {"detail": detail}, status_code=exc.status_code, headers=headers
+    )
 
 
 RETRY_AFTER_S = 5

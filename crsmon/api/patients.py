@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 
-from crsmon.api.deps import ContextDep, SessionDep
+from crsmon.api.deps import NO_NUL, OFFSET_MAX, ContextDep, SessionDep
 from crsmon.api.errors import ApiError
 from crsmon.api.queries import grade_timeline, list_patients, patient_view
 from crsmon.api.schemas import (
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1/patients", tags=["patients"])
 
 Pseudonym = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=OFFSET_MAX)]
 _NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody, "description": "No patient with this pseudonym."}
 }
@@ -72,7 +72,10 @@ def get_grades(
         bool, Query(alias="all", description="Include superseded re-derivations.")
     ] = False,
     rule_set: Annotated[
-        str | None, Query(max_length=200, description="Default: the live rule set.")
+        str | None,
+        Query(
+            max_length=200, pattern=NO_NUL, description="Default: the live rule set."
+        ),
     ] = None,
 ) -> GradeTimeline:
     """The grade timeline: the current row per time (``all=true``: every row)."""

@@ -19,9 +19,16 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
-from crsmon.api.deps import ActorDep, ContextDep, SessionDep, SessionsDep
+from crsmon.api.deps import (
+    NO_NUL,
+    OFFSET_MAX,
+    ActorDep,
+    ContextDep,
+    SessionDep,
+    SessionsDep,
+)
 from crsmon.api.errors import ApiError
-from crsmon.api.schemas import ErrorBody
+from crsmon.api.schemas import UNREADABLE_BODY, ErrorBody
 from crsmon.db.models import Patient
 from crsmon.db.repository import UnknownPatientError, patient_by_pseudonym
 from crsmon.domain.alerts import AlertKind, Severity
@@ -51,9 +58,10 @@ router = APIRouter(tags=["review"])
 
 Pseudonym = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=OFFSET_MAX)]
 RuleSetKey = Annotated[
-    str | None, Query(max_length=200, description="Default: the live rule set.")
+    str | None,
+    Query(max_length=200, pattern=NO_NUL, description="Default: the live rule set."),
 ]
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -207,12 +215,17 @@ class AdjudicationIn(BaseModel):
     reason: Annotated[
         str,
         StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=MAX_REASON_CHARS
+            strip_whitespace=True,
+            min_length=1,
+            max_length=MAX_REASON_CHARS,
+            pattern=NO_NUL,
         ),
     ]
     by: Annotated[
         str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BY_CHARS),
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=MAX_BY_CHARS, pattern=NO_NUL
+        ),
     ]
 
 
@@ -272,7 +285,9 @@ def get_review_patients(
     min_grade: Annotated[
         int | None, Query(ge=0, le=5, description="Current grade >= min_grade.")
     ] = None,
-    care_unit: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    care_unit: Annotated[
+        str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)
+    ] = None,
     has_open_alerts: bool | None = None,
     limit: Limit = 100,
     offset: Offset = 0,
@@ -311,8 +326,10 @@ def get_review_alerts(
         float | None,
         Query(ge=0, le=100_000, description="Condition at least this many hours old."),
     ] = None,
-    care_unit: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    patient: Annotated[str | None, Query(max_length=64)] = None,
+    care_unit: Annotated[
+        str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)
+    ] = None,
+    patient: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> ReviewAlertPage:
@@ -413,6 +430,7 @@ def get_timeline_png(
     response_model=AdjudicationOut,
     status_code=201,
     responses={
+        **UNREADABLE_BODY,
         **_NOT_FOUND,
         409: {
             "model": ErrorBody,

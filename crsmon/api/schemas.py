@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from crsmon.api.deps import NO_NUL
 from crsmon.api.errors import problems
 from crsmon.api.intake import Line
 from crsmon.api.queries import PatientView
@@ -34,6 +35,15 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx refusal of the API."""
 
     detail: list[Problem]
+
+
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorBody,
+        "description": "The JSON body is not readable text (e.g. not UTF-8).",
+    }
+}
+"""What FastAPI answers, before any other check, for a body model it cannot read."""
 
 
 class RecordResult(BaseModel):
@@ -279,9 +289,14 @@ class AcknowledgeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=120, pattern=NO_NUL
+        ),
     ]
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    note: Annotated[str, StringConstraints(max_length=2000, pattern=NO_NUL)] | None = (
+        None
+    )
 
 
 class Liveness(BaseModel):

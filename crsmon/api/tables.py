@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.api.deps import ActorDep, ContextDep, SessionDep
+from crsmon.api.deps import NO_NUL, ActorDep, ContextDep, SessionDep
 from crsmon.db.audit import ADMIN, record_event
 from crsmon.domain.rules import RuleSet
 from crsmon.services.exports import (
@@ -59,7 +59,11 @@ def get_export(
     format: Literal["csv", "parquet"] = "csv",
     purpose: Annotated[
         str | None,
-        Query(max_length=200, description="Why the table is taken (audited)."),
+        Query(
+            max_length=200,
+            pattern=NO_NUL,
+            description="Why the table is taken (audited).",
+        ),
     ] = None,
 ) -> StreamingResponse:
     """The grade table, ``efs_long`` or the ADTTE-style table, under the live

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,26 +106,6 @@ def test_analyst_and_admin_keys_are_study_wide(database: str) -> None:
     assert [r.units for r in _rows(database)] == [["*"], ["*"]]
 
 
-@pytest.fixture
-def logging_restored() -> Iterator[None]:
-    """``crsmon serve`` configures the root logger; put pytest's back after."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    named = {
-        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
-        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery")
-    }
-    try:
-        yield
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        for name, (handlers, propagate) in named.items():
-            logging.getLogger(name).handlers[:] = handlers
-            logging.getLogger(name).propagate = propagate
-
-
-@pytest.mark.usefixtures("logging_restored")
 def test_embedded_serve_prints_a_local_admin_key_once(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
