@@ -29,7 +29,9 @@ Configuration (reliability.md §1.2), and why:
 - ``broker_transport_options``: the visibility timeout; socket and connect
   timeouts so a publish against a hung Redis fails in seconds instead of
   blocking; a fast unacked-restore sweep so a killed worker's message comes back
-  about ``visibility_timeout`` seconds later.
+  about ``visibility_timeout`` seconds later. A consuming worker drops the
+  socket (read) timeout (:func:`consumer_transport_options`): there a timed-out
+  late ack wedged the consumer for good.
 - results ignored (the database holds the grades); connection retry on start-up
   set explicitly.
 - beat runs the sweeper every ``sweep_interval_s``; each sweep message expires
@@ -42,11 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
 
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
+from crsmon.domain.rules import RuleSet
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import Settings, load_settings
@@ -66,6 +69,16 @@ PUBLISH_MAX_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
+class GradingSetup:
+    """What grading needs besides a database: the rule set and the alert and
+    webhook policies (the risk model loaded). The same in every process."""
+
+    rules: RuleSet
+    policy: AlertPolicy
+    webhooks: WebhookPolicy | None
+
+
+@dataclass(frozen=True, slots=True)
 class Runtime:
     """One process's database engine and the grading context built on it."""
 
@@ -76,28 +89,60 @@ class Runtime:
 class CrsmonCelery(Celery):
     """A Celery app that carries crsmon's settings and a per-process runtime.
 
-    The engine is created lazily, in the process that runs tasks (a prefork
-    child), and disposed after fork so no pooled connection is ever shared
-    between processes.
+    The rule set and the risk model are loaded once in the worker's main
+    process, before the pool forks (:meth:`on_worker_init`); each prefork
+    child inherits them. The engine is created lazily, in the process that
+    runs tasks (a prefork child), and disposed after fork so no pooled
+    connection is ever shared between processes.
     """
 
     crsmon_settings: Settings
+    _setup: GradingSetup | None = None
     _runtime: Runtime | None = None
+
+    def grading_setup(self) -> GradingSetup:
+        """The rule set and policies of this app (loaded on first use)."""
+        if self._setup is None:
+            settings = self.crsmon_settings
+            self._setup = GradingSetup(
+                rules=resolve_rule_set(settings.rule_set),
+                policy=AlertPolicy.from_settings(settings),
+                webhooks=WebhookPolicy.from_settings(settings),
+            )
+        return self._setup
 
     def runtime(self) -> Runtime:
         """This process's engine and grading context (created on first use)."""
         if self._runtime is None:
             settings = self.crsmon_settings
+            setup = self.grading_setup()
             engine = make_engine(settings.database_url)
             context = GradingContext(
                 sessions=make_sessions(engine),
-                rules=resolve_rule_set(settings.rule_set),
+                rules=setup.rules,
                 max_attempts=settings.max_grading_attempts,
-                policy=AlertPolicy.from_settings(settings),
-                webhooks=WebhookPolicy.from_settings(settings),
+                policy=setup.policy,
+                webhooks=setup.webhooks,
             )
             self._runtime = Runtime(engine, context)
         return self._runtime
+
+    def on_worker_init(self, **_: Any) -> None:
+        """Signal receiver (the worker's main process, before the pool forks):
+        load the rule set and the risk model here, outside any task.
+
+        Loaded lazily by a child's first task instead, the import of the risk
+        model's libraries (scikit-learn, SciPy, pandas: seconds on a busy
+        machine) ran inside that task's time limit. When the soft limit fired
+        in the middle of it, half-initialized modules stayed in ``sys.modules``
+        and the child failed every later task (``NameError``,
+        ``AttributeError: partially initialized module``) before it could
+        count an attempt or record an error in the database.
+        """
+        self.grading_setup()
+        self.conf.broker_transport_options = consumer_transport_options(
+            self.conf.broker_transport_options
+        )
 
     def dispose_runtime(self, *, close: bool = True) -> None:
         """Drop the engine; ``close=False`` after fork (the parent owns the sockets)."""
@@ -127,6 +172,24 @@ def soft_time_limit(settings: Settings) -> float:
 def unacked_restore_interval(settings: Settings) -> int:
     """Seconds between scans for unacked messages past the visibility timeout."""
     return max(1, min(10, settings.visibility_timeout_s // 10))
+
+
+def consumer_transport_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A consuming worker's broker transport options: no socket read timeout.
+
+    Reproduced (reliability.md T2; Celery 5.7.0, kombu 5.7.0, redis-py 8.1,
+    Redis paused with SIGSTOP for 5 s): with ``socket_timeout`` set, a late
+    ack sent while Redis is paused fails ("Couldn't ack ..., reason:
+    network:TimeoutError", logged and swallowed by kombu) and the worker never
+    consumes again, alive and silent (F10): the BRPOP it had sent is answered
+    but never read, and that message is lost. It happened in 4 of 6 runs, and
+    in none of 4 without the read timeout, where the ack waits for Redis and
+    the worker carries on. Publishers (the API, beat) keep the timeout, so a
+    hung Redis never holds an intake request (F12); a publish from inside a
+    task (the sweep) is bounded by the task time limit instead. The connect
+    timeout stays everywhere.
+    """
+    return {k: v for k, v in options.items() if k != "socket_timeout"}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -189,6 +252,7 @@ def make_celery(settings: Settings) -> CrsmonCelery:
     app.crsmon_settings = settings
     app.conf.update(celery_config(settings))
     # Weak receivers (bound methods): they go away with the app.
+    worker_init.connect(app.on_worker_init)
     worker_process_init.connect(app.on_worker_process_init)
     worker_process_shutdown.connect(app.on_worker_process_shutdown)
     import workers.tasks  # noqa: F401  (registers the shared tasks on every app)

@@ -94,9 +94,10 @@ def test_only_delay(patient_id: int) -> None:
     if not raw:
         return
     seconds = min(float(raw), TEST_DELAY_CAP_S)
+    # Numbers only as arguments: crsmon's JSON logs keep them (crsmon.logs).
     logger.warning(
-        "TEST ONLY %s: pid %d sleeps %.1f s before committing patient %d",
-        TEST_DELAY_ENV,
+        f"TEST ONLY {TEST_DELAY_ENV}: pid %d sleeps %.1f s "
+        "before committing patient %d",
         os.getpid(),
         seconds,
         patient_id,
