@@ -10,9 +10,10 @@ protected health information out (reliability.md §3.5, OWASP Logging):
   only if it is a number, an exception class name or a dotted/node name
   (``workers.tasks.grade``, ``celery@host``), else the template is logged
   with its arguments withheld;
-- exceptions are logged as their class and the code locations of their
-  traceback, never their message (a validation or driver message can quote
-  the value that failed) and never local variables;
+- exceptions (logged, or passed as message arguments) are reduced to their
+  class and the code locations of their traceback, never their message (a
+  validation or driver message can quote the value that failed) and never
+  local variables;
 - the API's access log names the route template (``/v1/patients/{pseudonym}``)
   and the request and key ids, never the concrete path or its query string.
 
@@ -75,7 +76,7 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            line["error_class"] = type(exc).__name__
+            line["error_class"] = _class_of(exc)
             line["traceback"] = _frames(exc)
         return json.dumps(line, default=str)
 
@@ -90,9 +91,23 @@ def _message(record: logging.LogRecord) -> str:
     if not record.args:
         return str(record.msg)
     args = record.args if isinstance(record.args, tuple) else (record.args,)
+    args = tuple(_class_of(a) if _is_exception(a) else a for a in args)
     if all(_safe(a) for a in args):
-        return record.getMessage()
+        try:
+            return str(record.msg) % args
+        except (TypeError, ValueError):
+            return f"{record.msg} (arguments withheld)"
     return f"{record.msg} (arguments withheld)"
+
+
+def _is_exception(value: object) -> bool:
+    return isinstance(value, BaseException) or hasattr(value, "exc")
+
+
+def _class_of(value: object) -> str:
+    """An exception's class name (Celery wraps them: the wrapped one's)."""
+    inner = getattr(value, "exc", value)
+    return type(inner if isinstance(inner, BaseException) else value).__name__
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+([.@][A-Za-z0-9_\-]+)+$")

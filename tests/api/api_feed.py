@@ -40,9 +40,7 @@ class AuthClient(TestClient):
         super().__init__(app)
         self.keys = keys
 
-    def request(
-        self, method: str, url: Any, *args: Any, **kwargs: Any
-    ) -> Any:
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
         """Send, with the route's role key unless a header was given."""
         headers = dict(kwargs.pop("headers", None) or {})
         given = {k for k in headers if k.lower() == "authorization"}

@@ -89,3 +89,13 @@ def test_configure_logging_routes_every_logger_through_json(
     line = json.loads(err.strip().splitlines()[-1])
     assert line["logger"] == "uvicorn.error"
     assert CANARY not in err
+
+
+def test_an_exception_argument_is_reduced_to_its_class() -> None:
+    class Wrapped:  # how Celery passes a worker's exception (ExceptionWithTraceback)
+        exc = LookupError(CANARY)
+
+    line = _line(_record("Task handler raised error: %r", Wrapped()))
+    assert line["message"] == "Task handler raised error: 'LookupError'"
+    line = _line(_record("failed: %s", ValueError(CANARY)))
+    assert line["message"] == "failed: ValueError"
