@@ -93,3 +93,21 @@ def rule_for(method: str, path: str) -> Rule | None:
 def allowed(rule: Rule | None, role: str) -> bool:
     """Whether ``role`` may call the route (a missing rule allows no one)."""
     return rule is not None and (rule.public or role in rule.roles)
+
+
+def markdown_table() -> str:
+    """The policy as the Markdown table docs/security.md shows (test-checked)."""
+    lines = [
+        "| method | route | bedside | reviewer | analyst | admin | scope | what |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rule in POLICY:
+        marks = [
+            "public" if rule.public else ("yes" if role in rule.roles else "")
+            for role in ROLES
+        ]
+        lines.append(
+            f"| {rule.method} | `{rule.path}` | {' | '.join(marks)} "
+            f"| {rule.scope} | {rule.why} |"
+        )
+    return "\n".join(lines)

@@ -65,3 +65,10 @@ def test_every_export_column_is_documented() -> None:
         for c in columns:
             row = f"| `{c.name}` | {c.type} | {c.unit} | {c.derivation} |"
             assert row in exports, c.name
+
+
+def test_the_policy_table_is_documented_as_it_is() -> None:
+    from crsmon.auth.policy import markdown_table
+
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    assert markdown_table() in text
