@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from crsmon.db.models import ClinicalRecord, Patient, QuarantinedRecord, UnitStay
+from crsmon.db.scope import UNSCOPED
 from crsmon.domain.records import (
     AttributionRecord,
     BolusRecord,
@@ -114,11 +115,16 @@ def patient_by_pseudonym(session: Session, pseudonym: str) -> Patient:
 
 
 def _by_key(session: Session, system: str, key: str) -> ClinicalRecord | None:
+    # Unscoped: a sender's keys are unique across every unit, so a key already
+    # used for another unit's patient must be a conflict (409), never an
+    # insert that breaks the unique constraint, nor a silent miss.
     return session.scalars(
-        select(ClinicalRecord).where(
+        select(ClinicalRecord)
+        .where(
             ClinicalRecord.source_system == system,
             ClinicalRecord.source_record_id == key,
         )
+        .execution_options(**{UNSCOPED: True})
     ).one_or_none()
 
 
@@ -189,9 +195,9 @@ def _refuse_other_patients_records(
         checks.append(("supersedes", row.supersedes))
     for field, target in checks:
         owners = session.scalars(
-            select(ClinicalRecord.patient_id).where(
-                ClinicalRecord.source_system == system, _same_record(target)
-            )
+            select(ClinicalRecord.patient_id)
+            .where(ClinicalRecord.source_system == system, _same_record(target))
+            .execution_options(**{UNSCOPED: True})  # other units' records too
         ).all()
         if any(owner != patient.id for owner in owners):
             raise ConflictError(f"{field}: names a record of another patient")

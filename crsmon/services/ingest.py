@@ -34,7 +34,7 @@ from crsmon.db.repository import (
 )
 from crsmon.db.scope import UNSCOPED, session_units
 from crsmon.intake.parse import Refused, parse_record
-from crsmon.intake.schemas import FeedRecord, PatientIn, RetractionIn
+from crsmon.intake.schemas import FeedRecord, PatientIn, RetractionIn, TransferIn
 from crsmon.schemas.snapshot import MAX_T_HOURS
 
 
@@ -155,6 +155,15 @@ def _store(
         return Outcome("stored" if created else "duplicate", patient.id)
     patient = patient_by_pseudonym(session, record.patient)
     _within_course(record, patient)
+    units = session_units(session)
+    if (
+        isinstance(record, TransferIn)
+        and units is not None
+        and record.care_unit not in units
+    ):
+        # A unit-bound key may not hand its patient to a unit it cannot see
+        # (ADT feeds that move patients between units use '*' keys).
+        raise RecordRefused("care_unit: not a unit this key may write for")
     stored = store_records(
         session, patient, record.source_system, record.rows(), digest
     )

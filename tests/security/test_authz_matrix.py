@@ -330,6 +330,46 @@ def test_out_of_scope_writes_store_nothing(world: World) -> None:
     assert alert_b.status == "open"
 
 
+def test_record_keys_and_corrections_of_another_unit_are_conflicts(
+    world: World,
+) -> None:
+    """A sender's keys are unique across units: reusing unit B's key, or
+    correcting or retracting unit B's record, is a 409 (never a 500, never a
+    record stored unlinked), and unit B's record is untouched."""
+    key_a = {"Authorization": f"Bearer {world.keys['bedside-A']}"}
+    b_key = f"{OWNER['B']}-m-1"  # stored for unit B's patient by the seed
+    same_key = {
+        **vitals(1, 40, patient=OWNER["A"], temperature_c=37.0),
+        "source_record_id": b_key,
+    }
+    correction = {
+        **_retag(vitals(960, 41, patient=OWNER["A"], temperature_c=36.9), "c"),
+        "supersedes": b_key,
+        "correction_reason": "wrong bed",
+    }
+    retraction = {
+        "kind": "retraction",
+        "source_system": "monitor",
+        "source_record_id": "c-retract",
+        "patient": OWNER["A"],
+        "at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+        "target_record_id": b_key,
+        "reason": "wrong bed",
+    }
+    for body in (same_key, correction, retraction):
+        reply = world.client.post("/v1/records", json=body, headers=key_a)
+        assert reply.status_code == 409, reply.text
+        assert OWNER["B"] not in reply.text
+    with world.sessions() as session:
+        stored = session.scalars(
+            select(ClinicalRecord).where(
+                ClinicalRecord.source_record_id.startswith(f"{b_key}#")
+            )
+        ).all()
+    assert stored  # a vitals set is stored one row per value: <key>#<quantity>
+    assert all(row.retracted_at is None for row in stored)
+
+
 def test_a_bedside_key_enrols_only_in_its_units(world: World) -> None:
     key_a = world.keys["bedside-A"]
     auth = {"Authorization": f"Bearer {key_a}"}
@@ -357,7 +397,14 @@ def test_a_transfer_moves_the_patient_to_the_new_units_keys(world: World) -> Non
         "transferred_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
         "care_unit": UNIT_B,
     }
-    reply = world.client.post("/v1/records", json=transfer, headers=key_a)
+    # A unit-bound key may not hand its patient to a unit it cannot see...
+    refused = world.client.post("/v1/records", json=transfer, headers=key_a)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["field"] == "care_unit"
+    # ...an all-unit key (the ADT feed) may.
+    reply = world.client.post(
+        "/v1/records", json={**transfer, "source_record_id": "move-2"}
+    )
     assert reply.status_code == 201, reply.text
     late = _retag(vitals(950, 70, patient=OWNER["A"], temperature_c=37.1), "t")
     assert world.client.post("/v1/records", json=late, headers=key_a).status_code == 422
