@@ -21,14 +21,12 @@ the same result when an assessment is graded twice.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import sys
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from crsmon.domain.catalog import resolve_rule_set
@@ -395,21 +393,10 @@ def test_one_input(data: bytes) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Fuzz with libFuzzer's arguments (``-max_total_time``, ``-timeout``, dirs).
+    """Fuzz this harness (fuzz_main.run: Atheris on crsmon's code only)."""
+    from fuzz_main import run
 
-    Coverage comes from crsmon's own code: the plain copies imported above are
-    dropped and this file is imported again as a module, so that crsmon is
-    imported anew under Atheris' instrumentation (instrumenting everything
-    loaded, pydantic and SQLAlchemy included, takes a minute to start).
-    """
-    import atheris
-
-    for name in [m for m in sys.modules if m.partition(".")[0] == "crsmon"]:
-        del sys.modules[name]
-    with atheris.instrument_imports(include=["crsmon"]):
-        fresh = importlib.import_module(Path(__file__).stem)
-    atheris.Setup(argv, fresh.test_one_input)
-    atheris.Fuzz()
+    run(argv, __file__)
 
 
 if __name__ == "__main__":
