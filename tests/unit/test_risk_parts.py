@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 
 from crsmon.domain.catalog import resolve_rule_set
@@ -23,6 +24,7 @@ from crsmon.risk.metrics import (
     evaluate_scores,
     finite_or_none,
     median,
+    resampled_aurocs,
 )
 from crsmon.risk.training import (
     baseline_design,
@@ -190,6 +192,24 @@ def test_peaks_are_per_severe_patient_over_their_rows(patients: list) -> None:  
     assert all(max(prediction_times(p)) < p.first_severe_h for p in with_rows)
     with pytest.raises(ValueError, match="rolling design"):
         peaks_before_severe(baseline_design(patients), np.zeros(len(patients)))
+
+
+def test_resampled_aurocs_are_roc_auc_score_of_each_resample() -> None:
+    """The ranked, vectorized AUROC equals sklearn's, resample by resample,
+    ties included, and resamples with one outcome only are left out."""
+    rng = np.random.default_rng(11)
+    y = np.zeros(25, dtype=np.int64)
+    y[[4, 17]] = 1  # two events: about 1 resample in 8 has none
+    score = np.round(rng.uniform(size=25) + 0.3 * y, 1)  # many ties
+    found = resampled_aurocs(y, score, reps=300, seed=3, chunk=64)
+    draw = np.random.default_rng(3)
+    expected = []
+    for _ in range(300):
+        index = draw.integers(0, 25, 25)
+        if 0 < y[index].sum() < 25:
+            expected.append(roc_auc_score(y[index], score[index]))
+    assert 0 < len(expected) < 300  # some resamples held one outcome only
+    assert found == pytest.approx(expected, abs=1e-12)
 
 
 def test_metrics_on_known_scores() -> None:
