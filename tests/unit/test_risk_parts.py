@@ -200,7 +200,7 @@ def test_resampled_aurocs_are_roc_auc_score_of_each_resample() -> None:
     rng = np.random.default_rng(11)
     y = np.zeros(25, dtype=np.int64)
     y[[4, 17]] = 1  # two events: about 1 resample in 8 has none
-    score = np.round(rng.uniform(size=25) + 0.3 * y, 1)  # many ties
+    score = np.asarray(np.round(rng.uniform(size=25) + 0.3 * y, 1), dtype=np.float64)
     found = resampled_aurocs(y, score, reps=300, seed=3, chunk=64)
     draw = np.random.default_rng(3)
     expected = []
