@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="Celery broker (redis://...). None: tasks run in process.",
     )
     rule_set: str = Field(default="astct-2019", description="Live grading rule set.")
+    hl7_facilities: list[str] = Field(
+        default_factory=list,
+        description="HL7 v2 sending facilities (MSH-4) whose messages are taken; "
+        "any other is answered AR. Empty: none (JSON list in the environment).",
+    )
     stale_monitoring_h: float = Field(
         default=8.0,
         gt=0,

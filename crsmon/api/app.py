@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crsmon import __version__
-from crsmon.api import admin, alerts, operations, patients, records, review
+from crsmon.api import (
+    admin,
+    alerts,
+    cds,
+    fhir,
+    operations,
+    patients,
+    records,
+    review,
+)
 from crsmon.api.access import AccessLog
 from crsmon.api.deps import AppContext, RateLimit, authorize
 from crsmon.api.errors import database_unavailable, http_error, validation_error
@@ -235,7 +244,7 @@ def create_app(
     # Connection refused or lost, SQLite busy, pool exhausted: 503, retry later.
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(PoolTimeout, database_unavailable)
-    for module in (records, patients, alerts, review, operations, admin):
+    for module in (records, fhir, patients, alerts, cds, review, operations, admin):
         app.include_router(module.router)
     app.include_router(tables_router)
     return app

@@ -56,7 +56,7 @@ class Intake:
     def one(self, raw: bytes) -> Outcome:
         """One record (``POST /v1/records``)."""
         outcome = self._ingest(raw, datetime.now(UTC), "api", None)
-        self._notify([outcome])
+        self.notify([outcome])
         return outcome
 
     def batch(self, raw: bytes) -> list[Line]:
@@ -78,7 +78,7 @@ class Intake:
             raise ApiError(422, "$", "the batch holds no records")
         now = datetime.now(UTC)
         done = [Line(n, self._ingest(text, now, "api-batch", n)) for n, text in lines]
-        self._notify(d.outcome for d in done)
+        self.notify(d.outcome for d in done)
         return done
 
     def _ingest(
@@ -124,7 +124,8 @@ class Intake:
             )
         return Outcome("refused", error=NOT_UTF8)
 
-    def _notify(self, outcomes: Iterable[Outcome]) -> None:
+    def notify(self, outcomes: Iterable[Outcome]) -> None:
+        """Tell the dispatcher which patients have new stored records."""
         touched = {
             o.patient_id
             for o in outcomes

@@ -51,6 +51,11 @@ POLICY: tuple[Rule, ...] = (
     _rule("GET", "/metrics", "admin", "admin", "Prometheus scrape (counts only)"),
     _rule("POST", "/v1/records", "bedside", "unit", "feed records for its units"),
     _rule("POST", "/v1/records/batch", "bedside", "unit", "NDJSON batch"),
+    _rule("POST", "/fhir/Observation", "bedside", "unit", "FHIR vital signs, labs"),
+    _rule(
+        "POST", "/fhir/MedicationAdministration", "bedside", "unit", "FHIR drugs given"
+    ),
+    _rule("POST", "/fhir", "bedside", "unit", "FHIR batch or transaction Bundle"),
     _rule("GET", "/v1/patients", "reviewer", "unit", "patients of its units"),
     _rule("GET", "/v1/patients/{pseudonym}", "reviewer", "unit", "one patient"),
     _rule("GET", "/v1/patients/{pseudonym}/grades", "reviewer", "unit", "grades"),
@@ -65,6 +70,17 @@ POLICY: tuple[Rule, ...] = (
         "reviewer",
         "unit",
         "confirm or override the maximum grade",
+    ),
+    _rule("GET", "/cds-services", "reviewer", "unit", "CDS Hooks discovery"),
+    _rule(
+        "POST", "/cds-services/crsmon-crs", "reviewer", "unit", "cards of open alerts"
+    ),
+    _rule(
+        "POST",
+        "/cds-services/crsmon-crs/feedback",
+        "reviewer",
+        "unit",
+        "card accepted or overridden: acknowledges",
     ),
     _rule("GET", "/v1/alerts", "reviewer", "unit", "alerts of its units"),
     _rule("GET", "/v1/alerts/{alert_id}", "reviewer", "unit", "one alert"),

@@ -12,8 +12,10 @@ from crsmon.cli.db import db
 from crsmon.cli.demo import demo
 from crsmon.cli.export import export
 from crsmon.cli.grade import grade
+from crsmon.cli.hl7 import mllp
 from crsmon.cli.ingest import ingest
 from crsmon.cli.keys import keys
+from crsmon.cli.links import links
 from crsmon.cli.model import model
 from crsmon.cli.regrade import regrade
 from crsmon.cli.review import review
@@ -41,6 +43,8 @@ main.add_command(export)
 main.add_command(grade)
 main.add_command(ingest)
 main.add_command(keys)
+main.add_command(mllp)
+main.add_command(links)
 main.add_command(model)
 main.add_command(regrade)
 main.add_command(review)

@@ -18,20 +18,30 @@ from crsmon.services.dispatch import InProcessDispatcher
 from crsmon.services.ingest import ingest_text
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.services.webhooks import WebhookPolicy
-from crsmon.settings import load_settings
+from crsmon.settings import Settings, load_settings
 
 
 @click.command()
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
-def ingest(file: IO[str]) -> None:
+@click.option(
+    "--hl7",
+    "is_hl7",
+    is_flag=True,
+    help="FILE holds HL7 v2 ORU^R01 messages (any line endings); each is "
+    "answered on standard output as its ACK code and reason.",
+)
+def ingest(file: IO[str], is_hl7: bool) -> None:
     """Ingest FILE (one feed record per line; `-` reads standard input).
 
     Good lines are stored and graded; each bad line is reported with its line
     number and reason, and kept in quarantine for review. Exit status 1 if any
-    line was refused.
+    line was refused (with --hl7: if any message was not AA).
     """
     settings = load_settings()
     upgrade(settings.database_url)
+    if is_hl7:
+        _ingest_hl7(file.read(), settings)
+        return
     engine = make_engine(settings.database_url)
     try:
         counts, touched, alerts = _ingest_and_grade(
@@ -73,3 +83,36 @@ def _ingest_and_grade(
     dispatcher.notify(touched)
     alerts = sum(len(run.alerts_raised) for run in dispatcher.runs)
     return counts, touched, alerts
+
+
+def _ingest_hl7(text: str, settings: Settings) -> None:
+    from crsmon.interfaces.hl7v2 import split_messages
+    from crsmon.services.mllp import handle_message
+
+    engine = make_engine(settings.database_url)
+    sessions = make_sessions(engine)
+    dispatcher = InProcessDispatcher(
+        sessions,
+        resolve_rule_set(settings.rule_set),
+        AlertPolicy.from_settings(settings),
+        webhooks=WebhookPolicy.from_settings(settings),
+    )
+    codes: Counter[str] = Counter()
+    try:
+        for n, message in enumerate(split_messages(text), start=1):
+            answer = handle_message(
+                sessions,
+                dispatcher,
+                message,
+                facilities=frozenset(settings.hl7_facilities),
+                pepper=settings.pepper(),
+            )
+            codes[answer.code] += 1
+            reason = "" if answer.reason is None else f" {answer.reason}"
+            click.echo(f"message {n}: {answer.code}{reason}")
+    finally:
+        engine.dispose()
+    alerts = sum(len(run.alerts_raised) for run in dispatcher.runs)
+    summary = ", ".join(f"{n} {code}" for code, n in sorted(codes.items()))
+    click.echo(f"hl7: {summary or 'no messages'}; {alerts} alerts raised")
+    raise SystemExit(0 if set(codes) <= {"AA"} else 1)

@@ -24,7 +24,7 @@ from crsmon.settings import Settings, load_settings
 
 
 @contextmanager
-def _database() -> Iterator[tuple[sessionmaker[Session], Settings]]:
+def database() -> Iterator[tuple[sessionmaker[Session], Settings]]:
     settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
@@ -61,7 +61,7 @@ def create_command(
     now = datetime.now(UTC)
     expires = None if expires_days is None else now + timedelta(days=expires_days)
     try:
-        with _database() as (sessions, settings), sessions.begin() as session:
+        with database() as (sessions, settings), sessions.begin() as session:
             row, text = create_key(
                 session,
                 name=name,
@@ -88,7 +88,7 @@ def create_command(
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def list_command(as_json: bool) -> None:
     """Every key, newest first (never a secret)."""
-    with _database() as (sessions, _), sessions() as session:
+    with database() as (sessions, _), sessions() as session:
         rows = list_keys(session)
     now = datetime.now(UTC)
     if as_json:
@@ -134,7 +134,7 @@ def list_command(as_json: bool) -> None:
 def revoke_command(key_id: str, reason: str) -> None:
     """Revoke a key now; it stops working on its next request."""
     try:
-        with _database() as (sessions, _), sessions.begin() as session:
+        with database() as (sessions, _), sessions.begin() as session:
             row = revoke_key(
                 session,
                 key_id,

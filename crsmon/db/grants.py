@@ -7,7 +7,7 @@ history. :func:`grant_app_role` gives such a role exactly that:
 - SELECT and INSERT everywhere, UPDATE and DELETE only where the service
   changes state (grading state, alert acknowledgement, webhook outbox, unit
   stays, keys' revocation);
-- no UPDATE, DELETE or TRUNCATE on ``audit_events``, ``grades`` and
+- no UPDATE, DELETE or TRUNCATE on ``audit_events``, ``grades``, ``inbound_items`` and
   ``adjudications`` (append-only, also refused by triggers for every role);
 - on ``clinical_records`` and ``patients``, UPDATE of the state columns only
   (the values themselves are never updated in place).
@@ -21,7 +21,7 @@ import re
 
 from sqlalchemy import Engine, text
 
-APPEND_ONLY = ("audit_events", "grades", "adjudications")
+APPEND_ONLY = ("audit_events", "grades", "adjudications", "inbound_items")
 UPDATABLE_COLUMNS = {
     "clinical_records": (
         "grading_state",

@@ -374,3 +374,67 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class PatientLink(Base):
+    """A site's reference to a patient (a FHIR ``Patient/...`` reference, a
+    FHIR identifier or an HL7 v2 PID-3 id) mapped to the crsmon patient.
+
+    Only the keyed SHA-256 of the site's reference is stored (``ref_hash``,
+    with the same pepper as the API keys): the database never holds a medical
+    record number, and a link is found by hashing what a message carries.
+    """
+
+    __tablename__ = "patient_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``reference`` (FHIR ``Patient/<id>``) or ``identifier`` (system|value)."""
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(120))
+
+
+class InboundItem(Base):
+    """One resource (FHIR) or one observation group (HL7 v2) as it arrived, and
+    what became of it: the standard feeds' own record of receipt.
+
+    Nothing sent is dropped: an item is kept whether its values became feed
+    records (``graded``), were kept without grading (``not_graded``: a
+    preliminary status, a date-only time, a code crsmon does not use), were
+    refused (``refused``, with reasons), or retracted an earlier item
+    (``retraction``). ``identity`` is the sender's id for the resource
+    (identifier, else logical id), so a later amended or entered-in-error
+    version finds the records of the one it replaces (``record_keys``).
+    """
+
+    __tablename__ = "inbound_items"
+    __table_args__ = (
+        Index("ix_inbound_items_identity", "channel", "identity"),
+        CheckConstraint(
+            "disposition IN ('graded', 'not_graded', 'refused', 'retraction')",
+            name="disposition",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    """``fhir`` or ``hl7v2``."""
+    resource_type: Mapped[str] = mapped_column(String(40))
+    identity: Mapped[str | None] = mapped_column(String(300))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patients.id"), index=True
+    )
+    status: Mapped[str | None] = mapped_column(String(32))
+    """The sender's status (FHIR ``status``, HL7 OBX-11)."""
+    disposition: Mapped[str] = mapped_column(String(16))
+    notes: Mapped[list[Any]]
+    """What the reader should know: each ``{"code", "element", "text"}``."""
+    record_keys: Mapped[list[Any]]
+    """The feed records made from it: ``[source_system, source_record_id]``."""
+    values: Mapped[dict[str, Any]]
+    """The values read, in canonical units (also when not graded)."""
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]

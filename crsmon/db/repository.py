@@ -579,8 +579,8 @@ def _infusion(row: ClinicalRecord, stopped_at: datetime | None) -> InfusionRecor
     return InfusionRecord(
         _rid(row),
         VasoactiveDrug(d["drug"]),
-        float(d["dose"]),
-        VasopressorDoseUnit(d["unit"]),
+        None if d.get("dose") is None else float(d["dose"]),
+        None if d.get("unit") is None else VasopressorDoseUnit(d["unit"]),
         row.occurred_at,
         stopped_at,
     )

@@ -94,8 +94,8 @@ class InfusionRecord:
 
     record_id: str
     drug: VasoactiveDrug
-    dose: float
-    unit: VasopressorDoseUnit
+    dose: float | None
+    unit: VasopressorDoseUnit | None
     started_at: datetime
     stopped_at: datetime | None = None
 

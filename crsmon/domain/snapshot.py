@@ -46,8 +46,9 @@ class VasopressorInfusion:
     """One vasoactive infusion running during the window."""
 
     drug: VasoactiveDrug
-    dose: float
-    unit: VasopressorDoseUnit
+    dose: float | None
+    """None: the rate was not recorded (ASTCT counts agents, not doses)."""
+    unit: VasopressorDoseUnit | None
     duration_h: float | None = None
 
 

@@ -48,10 +48,12 @@ from crsmon.schemas.common import (
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """A clock a few minutes fast at the bedside is tolerated; more is an error."""
-EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 """A time before this is an entry error (a default or epoch-zero date, a lost
-century), never a CAR T course. It also keeps every stored time, and every
-look-back window the grader opens from it, far inside the datetime range."""
+century), never a CAR T course. (1990, not 2000: HL7's own FHIR examples,
+which the standard feeds must take, are dated 1999.) It also keeps every stored
+time, and every look-back window the grader opens from it, far inside the
+datetime range."""
 
 KEY_PATTERN = r"^[A-Za-z0-9._:@/-]{1,128}$"
 SYSTEM_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -97,7 +99,7 @@ DAYS_PER_YEAR = 365.25
 
 def _in_time_range(value: datetime, info: ValidationInfo) -> datetime:
     if value < EARLIEST_TIME:
-        raise ValueError("is before 2000-01-01 (an entry error: a default date?)")
+        raise ValueError("is before 1990-01-01 (an entry error: a default date?)")
     now = (info.context or {}).get("now")
     if now is not None and value - now > FUTURE_TOLERANCE:
         raise ValueError("is more than 5 minutes in the future of the server clock")
@@ -282,13 +284,40 @@ class OxygenIn(_PatientRecord):
     flow_l_min: Annotated[float | None, within("flow_l_min")] = None
     fio2: Annotated[float | None, within("fio2")] = None
     for_comfort_only: bool = False
+    device_not_recorded: bool = False
+    """The sender recorded a flow but no device (the standard feeds): the flow is
+    graded as through a nasal cannula, and the row is flagged."""
+
+    @model_validator(mode="after")
+    def _assumed_device_is_a_cannula(self) -> OxygenIn:
+        if self.device_not_recorded and (
+            self.device != OxygenDevice.NASAL_CANNULA or self.flow_l_min is None
+        ):
+            raise ValueError(
+                "device_not_recorded: only for a flow graded as a nasal cannula"
+            )
+        return self
 
     def rows(self) -> list[RecordRow]:
         """One oxygen row."""
         details = self.model_dump(
             mode="json", include={"device", "flow_l_min", "fio2", "for_comfort_only"}
         )
-        return [self._row("oxygen", self.observed_at, details=details)]
+        flags = (
+            [
+                {
+                    "code": "device_not_recorded",
+                    "field": "device",
+                    "message": "no oxygen device was recorded: the flow is graded "
+                    "as through a nasal cannula",
+                }
+            ]
+            if self.device_not_recorded
+            else []
+        )
+        return [
+            self._row("oxygen", self.observed_at, details=details, quality_flags=flags)
+        ]
 
 
 class VasopressorStartIn(_PatientRecord):
@@ -297,8 +326,17 @@ class VasopressorStartIn(_PatientRecord):
     kind: Literal["vasopressor_start"]
     started_at: Timestamp
     drug: VasoactiveDrug
-    dose: Annotated[float, Field(gt=0, le=1e5)]
-    unit: VasopressorDoseUnit
+    dose: Annotated[float | None, Field(gt=0, le=1e5)] = None
+    unit: VasopressorDoseUnit | None = None
+    """ASTCT counts agents, not doses: an infusion whose rate was not recorded
+    (a standard feed may send none) is still an infusion; dose and unit go
+    together."""
+
+    @model_validator(mode="after")
+    def _dose_with_unit(self) -> VasopressorStartIn:
+        if (self.dose is None) != (self.unit is None):
+            raise ValueError("unit: a dose and its unit go together")
+        return self
 
     def rows(self) -> list[RecordRow]:
         """One infusion-start row."""

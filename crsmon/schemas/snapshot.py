@@ -81,8 +81,8 @@ class VasopressorIn(StrictModel):
     """One vasoactive infusion running in the window."""
 
     drug: VasoactiveDrug
-    dose: Annotated[float, Field(gt=0)]
-    unit: VasopressorDoseUnit
+    dose: Annotated[float | None, Field(gt=0)] = None
+    unit: VasopressorDoseUnit | None = None
     duration_h: Annotated[float | None, Field(ge=0, le=MAX_T_HOURS)] = None
 
     def to_domain(self) -> VasopressorInfusion:

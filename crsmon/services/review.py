@@ -964,14 +964,23 @@ def _record_events(
                 },
             )
         elif row.kind == "vasopressor_start":
-            data = {"drug": d["drug"], "dose": d["dose"], "unit": d["unit"]}
-            add(row, row.kind, f"{d['drug']} started, {d['dose']} {d['unit']}", data)
+            data = {"drug": d["drug"], "dose": d.get("dose"), "unit": d.get("unit")}
+            rate = (
+                "rate not recorded"
+                if d.get("dose") is None
+                else (f"{d['dose']} {d['unit']}")
+            )
+            add(row, row.kind, f"{d['drug']} started, {rate}", data)
         elif row.kind == "vasopressor_stop":
             start = starts.get((row.source_system, d["start_record_id"]))
             data = {"start_ref": None if start is None else start.id}
             if start is not None:
                 s = start.details
-                data |= {"drug": s["drug"], "dose": s["dose"], "unit": s["unit"]}
+                data |= {
+                    "drug": s["drug"],
+                    "dose": s.get("dose"),
+                    "unit": s.get("unit"),
+                }
             drug = "vasoactive infusion" if start is None else start.details["drug"]
             add(row, row.kind, f"{drug} stopped", data)
         elif row.kind == "fluid_bolus":

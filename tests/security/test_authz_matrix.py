@@ -27,7 +27,16 @@ from itertools import count
 from typing import Any
 
 import pytest
-from api_feed import MakeClient, TestClient, enrolment, escalating, role_keys, vitals
+from api_feed import (
+    MakeClient,
+    TestClient,
+    at,
+    enrolment,
+    escalating,
+    role_keys,
+    vitals,
+)
+from fhir_build import administration, bundle, observation
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +44,8 @@ from crsmon.auth.keys import parse
 from crsmon.auth.policy import POLICY, Rule
 from crsmon.db.audit import SECURITY, Actor, verify
 from crsmon.db.models import Alert, ApiKey, AuditEvent, ClinicalRecord, Patient
+from crsmon.interfaces.cds import card_uuid
+from crsmon.services.interfaces import link_patient
 from crsmon.services.keys import create_key
 from crsmon.settings import Settings
 
@@ -120,6 +131,13 @@ def world(make_client: MakeClient, db_sessions: sessionmaker[Session]) -> World:
             reply = client.post("/v1/records", json=_retag(record, patient))
             assert reply.status_code == 201, reply.text
     settings = Settings(database_url="sqlite://", broker_url=None)
+    with db_sessions.begin() as session:
+        for owner in ("A", "B"):  # the EHR's Patient/<owner> is the unit's patient
+            link_patient(
+                session, kind="reference", ref=f"Patient/{owner}",
+                pseudonym=OWNER[owner], pepper=settings.pepper(),
+                actor=Actor("test", "test"), now=datetime.now(UTC),
+            )  # fmt: skip
     named = [c for c in CALLERS if c.role]
     keys = dict(
         zip([c.name for c in named], _keys(db_sessions, settings, named), strict=True)
@@ -178,6 +196,27 @@ def _body(rule: Rule, world: World, obj: str) -> dict[str, Any]:
             "content": line.encode(),
             "headers": {"Content-Type": "application/x-ndjson"},
         }
+    fhir = {"headers": {"Content-Type": "application/fhir+json"}}
+    subject = f"Patient/{obj if obj in OWNER else 'NONE'}"
+    if rule.path == "/fhir/Observation":
+        sent = observation(f"mx-{n}", "8867-4", at(40), 90, "/min", subject=subject)
+        return {"json": sent} | fhir
+    if rule.path == "/fhir/MedicationAdministration":
+        given = administration(
+            f"mx-{n}", "612865", status="completed", start=at(40), subject=subject
+        )
+        return {"json": given} | fhir
+    if rule.path == "/fhir":
+        sent = observation(f"mx-{n}", "8867-4", at(41), 91, "/min", subject=subject)
+        return {"json": bundle("batch", sent)} | fhir
+    if rule.path == "/cds-services/crsmon-crs":
+        patient_id = obj if obj in OWNER else "NONE"
+        return {"json": {"hook": "patient-view", "hookInstance": f"h-{n}",
+                         "context": {"patientId": patient_id}}}  # fmt: skip
+    if rule.path.endswith("/feedback"):
+        alert = MISSING_ALERT if obj == "missing" else world.alerts[obj][-1]
+        uuid = card_uuid(alert)
+        return {"json": {"feedback": [{"card": uuid, "outcome": "accepted"}]}}
     if rule.path.endswith("/adjudications") and rule.method == "POST":
         return {"json": {"decision": "confirm", "reason": "matrix", "by": "tester"}}
     if rule.path.endswith("/acknowledge"):
@@ -190,7 +229,11 @@ def _body(rule: Rule, world: World, obj: str) -> dict[str, Any]:
 
 
 def _has_object(rule: Rule) -> bool:
-    return "{" in rule.path or rule.path.startswith("/v1/records")
+    return (
+        "{" in rule.path
+        or rule.path.startswith(("/v1/records", "/fhir"))
+        or (rule.path.startswith("/cds-services/") and rule.method == "POST")
+    )
 
 
 def _expected(rule: Rule, caller: Caller, obj: str) -> str:
@@ -240,6 +283,15 @@ def _outcome(rule: Rule, reply: Any) -> str:
     if rule.path == "/v1/records/batch" and status == 200:
         line = reply.json()["items"][0]
         return "missing" if line["status"] == "refused" else "ok"
+    if rule.path == "/cds-services/crsmon-crs" and status == 200:
+        return "ok" if reply.json()["cards"] else "missing"
+    if rule.path.startswith("/fhir/") and status == 422:
+        return "missing" if "patient-unlinked" in reply.text else "bad"
+    if rule.path == "/fhir" and status == 200:
+        answer = reply.json()["entry"][0]["response"]
+        if answer["status"].startswith("422"):
+            return "missing" if "patient-unlinked" in reply.text else "bad"
+        return "ok"
     if rule.path.endswith("/acknowledge") and status == 409:
         return "ok"  # acknowledged by an earlier allowed cell: access was granted
     return "ok" if status < 300 else f"status {status}"

@@ -289,12 +289,12 @@ def test_each_loinc_code_names_exactly_one_quantity() -> None:
     ("fields", "message"),
     [
         (
-            {"kind": "vitals", "observed_at": "1999-12-31T23:59:59Z"},
-            "observed_at: is before 2000-01-01",
+            {"kind": "vitals", "observed_at": "1989-12-31T23:59:59Z"},
+            "observed_at: is before 1990-01-01",
         ),
         (
             {"kind": "vitals", "observed_at": "0001-01-01T00:00:00+05:00"},
-            "observed_at: is before 2000-01-01",
+            "observed_at: is before 1990-01-01",
         ),
         (
             {"kind": "vitals", "source_record_id": "k" * 104},
@@ -342,7 +342,7 @@ def test_each_loinc_code_names_exactly_one_quantity() -> None:
 def test_hostile_times_texts_and_keys_are_refused(
     fields: dict[str, Any], message: str
 ) -> None:
-    """Times before 2000, control characters, ids without room for ``#<field>``,
+    """Times before 1990, control characters, ids without room for ``#<field>``,
     impossible birth dates and over-long product names never reach the store."""
     record = {"temperature_c": 38.0, "observed_at": "2026-03-01T10:00:00Z"}
     if fields.get("kind") != "vitals":
