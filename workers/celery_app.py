@@ -66,6 +66,9 @@ BROKER_SOCKET_TIMEOUT_S = 2.0
 #: Publish retries after the first try; a hung Redis costs at most about
 #: ``(1 + PUBLISH_MAX_RETRIES) * BROKER_SOCKET_TIMEOUT_S`` plus the intervals.
 PUBLISH_MAX_RETRIES = 2
+#: A grading claim stays live for the task's hard time limit and this margin
+#: (``workers.jobs.claim``): by then the delivery has finished or was killed.
+LEASE_MARGIN_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class CrsmonCelery(Celery):
                 max_attempts=settings.max_grading_attempts,
                 policy=setup.policy,
                 webhooks=setup.webhooks,
+                lease_s=settings.task_time_limit_s + LEASE_MARGIN_S,
             )
             self._runtime = Runtime(engine, context)
         return self._runtime

@@ -8,7 +8,14 @@ message only says "look at patient N", and everything a task needs is re-read.
 One delivery of "grade patient N" runs two transactions:
 
 1. **Claim** (short, committed at once): under the patient's row lock, count
-   this attempt on each of the patient's pending records (``attempts += 1``).
+   this attempt on each of the patient's pending records (``attempts += 1``)
+   and lease them to this delivery (its Celery task id) for a task time limit.
+   A record leased to *another* live delivery is not counted again: that
+   delivery is about to grade it, and this one only queues on the patient's
+   lock behind it (otherwise six deliveries queued on one patient would use
+   up a budget of five with nothing failing, reliability.md §1.4.4). A
+   redelivery of the same message (a killed worker, a retry) carries the same
+   task id and does count, and an expired lease counts for anyone.
    A record whose count now exceeds ``max_attempts`` has already been tried that
    many times and never finished (a poison record, or a worker killed each time,
    where Celery's ``task_reject_on_worker_lost`` would requeue it forever): it is
@@ -33,12 +40,13 @@ even a locking bug could not produce a duplicate alert.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, literal, select, update
+from sqlalchemy import CursorResult, func, literal, or_, select, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -60,6 +68,8 @@ FAILED = "failed"
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+DEFAULT_LEASE_S = 75.0
+"""The default task time limit (60 s) and a margin."""
 NO_ERROR_RECORDED = "none recorded (the worker was lost or hit the time limit)"
 
 
@@ -72,6 +82,8 @@ class GradingContext:
     max_attempts: int
     policy: AlertPolicy
     webhooks: WebhookPolicy | None = None
+    lease_s: float = DEFAULT_LEASE_S
+    """How long a claim is live: the task's hard time limit and a margin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +139,40 @@ def _lock_patient(session: Session, patient_id: int) -> bool:
     return found is not None
 
 
-def claim(sessions: sessionmaker[Session], patient_id: int, max_attempts: int) -> Claim:
-    """Count one attempt on the patient's pending records; give up on exhausted ones.
+def claim(
+    sessions: sessionmaker[Session],
+    patient_id: int,
+    max_attempts: int,
+    *,
+    token: str | None = None,
+    now: datetime | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+) -> Claim:
+    """Count one attempt on the patient's pending records that no other live
+    delivery holds, lease them to ``token``; give up on exhausted ones.
 
+    ``token`` names the delivery (the Celery task id, the same for every
+    redelivery of one message); None is a delivery of its own.
     Committed on return, so the count survives a worker killed mid-grading.
     """
+    token = token or f"local-{uuid.uuid4().hex}"
+    now = now or datetime.now(UTC)
     with sessions.begin() as session:
         if not _lock_patient(session, patient_id):
             return Claim(pending=0, gave_up=0)
+        free = or_(
+            ClinicalRecord.lease_until.is_(None),
+            ClinicalRecord.lease_until <= now,
+            ClinicalRecord.lease_token == token,
+        )
         session.execute(
             update(ClinicalRecord)
-            .where(_pending_of(patient_id))
-            .values(attempts=ClinicalRecord.attempts + 1)
+            .where(_pending_of(patient_id), free)
+            .values(
+                attempts=ClinicalRecord.attempts + 1,
+                lease_token=token[:64],
+                lease_until=now + timedelta(seconds=lease_s),
+            )
         )
         given_up = session.execute(
             update(ClinicalRecord)
@@ -176,16 +210,19 @@ def record_failure(
     exc: BaseException,
     max_attempts: int,
 ) -> int:
-    """Store the error on the patient's pending records; fail those out of attempts.
+    """Store the error on the patient's pending records and end their lease;
+    fail those out of attempts.
 
     Returns the number of records marked ``failed``.
     """
     error = describe_error(exc)
     with sessions.begin() as session:
+        # The failed delivery is no longer live: its lease ends, so the next
+        # delivery (a retry, the sweeper's) counts its own attempt.
         session.execute(
             update(ClinicalRecord)
             .where(_pending_of(patient_id))
-            .values(last_error=error)
+            .values(last_error=error, lease_until=None)
         )
         failed = session.execute(
             update(ClinicalRecord)
@@ -204,17 +241,21 @@ def grade_pending(
     *,
     now: datetime | None = None,
     before_commit: Callable[[int], None] | None = None,
+    token: str | None = None,
 ) -> JobResult:
     """Grade all pending records of one patient, once (see the module docstring).
 
     ``before_commit(patient_id)`` runs inside the grading transaction after every
     row is written and before the commit; the worker uses it only for the
-    test-only delay hook (:func:`workers.tasks.test_only_delay`).
+    test-only delay hook (:func:`workers.tasks.test_only_delay`). ``token``
+    names the delivery (see :func:`claim`).
 
     Raises:
         Exception: whatever grading raised, after it was recorded in the database.
     """
-    counted = claim(ctx.sessions, patient_id, ctx.max_attempts)
+    counted = claim(
+        ctx.sessions, patient_id, ctx.max_attempts, token=token, lease_s=ctx.lease_s
+    )
     if counted.pending == 0:
         return JobResult(patient_id, counted, None)  # a re-delivery: nothing to do
     try:

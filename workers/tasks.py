@@ -125,7 +125,12 @@ def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
     app = crsmon_app(self.app)
     context = app.runtime().context
     try:
-        result = grade_pending(context, patient_id, before_commit=test_only_delay)
+        result = grade_pending(
+            context,
+            patient_id,
+            before_commit=test_only_delay,
+            token=self.request.id,
+        )
     except Exception as exc:
         _retry_or_fail(self, patient_id, exc)
     if result.run is not None:

@@ -46,7 +46,11 @@ from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
 from crsmon.risk.scoring import load_scorer
-from crsmon.services.dispatch import Dispatcher, InProcessDispatcher
+from crsmon.services.dispatch import (
+    BackgroundDispatcher,
+    Dispatcher,
+    InProcessDispatcher,
+)
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import Settings, load_settings
@@ -92,16 +96,15 @@ field and the rule, never the value sent.
 def default_dispatcher(
     sessions: sessionmaker[Session], settings: Settings
 ) -> Dispatcher:
-    """With a broker, one Celery message per patient; without, grade in process.
-
-    Routes are synchronous, so FastAPI runs them (and a slow publish) in its
-    thread pool, never on the event loop (reliability.md §1.3, F12).
+    """With a broker, one Celery message per patient, sent from a thread of
+    its own: a request never waits for the broker, even a paused one
+    (reliability.md §1.3, F12; T2). Without a broker, grade in process.
     """
     if settings.broker_url:
         from workers.celery_app import make_celery
         from workers.tasks import CeleryDispatcher
 
-        return CeleryDispatcher(make_celery(settings))
+        return BackgroundDispatcher(CeleryDispatcher(make_celery(settings)))
     rules = resolve_rule_set(settings.rule_set)
     return InProcessDispatcher(
         sessions,
@@ -223,6 +226,8 @@ def create_app(
         try:
             yield
         finally:
+            if isinstance(dispatcher, BackgroundDispatcher):
+                dispatcher.close()  # hand on what is queued, within 5 s
             engine.dispose()
 
     production = settings.mode == "production"

@@ -10,6 +10,7 @@ from crsmon.api.app import default_dispatcher
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 from crsmon.logs import configure_logging
+from crsmon.services.dispatch import BackgroundDispatcher
 from crsmon.services.mllp import serve
 from crsmon.settings import load_settings
 
@@ -46,11 +47,12 @@ def mllp(host: str, port: int) -> None:
     def ready(bound: int) -> None:
         click.echo(f"crsmon mllp listening on {host}:{bound}", err=True)
 
+    dispatcher = default_dispatcher(sessions, settings)
     try:
         asyncio.run(
             serve(
                 sessions,
-                default_dispatcher(sessions, settings),
+                dispatcher,
                 host=host,
                 port=port,
                 facilities=facilities,
@@ -61,4 +63,6 @@ def mllp(host: str, port: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if isinstance(dispatcher, BackgroundDispatcher):
+            dispatcher.close()
         engine.dispose()

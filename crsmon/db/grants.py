@@ -30,6 +30,8 @@ UPDATABLE_COLUMNS = {
         "graded_at",
         "retracted_at",
         "retraction_reason",
+        "lease_token",
+        "lease_until",
     ),
     "patients": ("scope_unit",),
 }

@@ -157,6 +157,13 @@ class ClinicalRecord(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     graded_at: Mapped[datetime | None] = mapped_column(index=True)
     """When a grading run took the record in (database clock, like recorded_at)."""
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    """The delivery (Celery task id) whose claim counted the latest attempt."""
+    lease_until: Mapped[datetime | None]
+    """Until then that delivery is live: another delivery counts no attempt on
+    the record (it only waits for the patient's lock), so concurrent deliveries
+    never use up the attempt budget; a redelivery of the same message (a killed
+    worker) counts, so a poison record is still given up."""
 
 
 class Grade(Base):

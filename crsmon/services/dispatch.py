@@ -11,6 +11,7 @@ every pending record.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -87,3 +88,70 @@ class InProcessDispatcher:
             logger.warning("webhook delivery deferred (%s)", type(exc).__name__)
             return
         self.deliveries.append(report)
+
+
+class BackgroundDispatcher:
+    """Hands notifications to another dispatcher on a thread of its own, so a
+    request never waits for the broker (reliability.md T2: intake answers in
+    time while Redis is paused or gone).
+
+    :meth:`notify` only records the patient ids (a set: ten notifications of
+    one patient before the thread runs are one message) and returns. The
+    thread sends what has gathered, in batches; a failed send is the inner
+    dispatcher's to log. Losing what is gathered (a crash, a failed send)
+    costs latency, never data: the records are committed as pending and the
+    sweeper re-finds them.
+    """
+
+    def __init__(self, inner: Dispatcher, *, name: str = "crsmon-publisher") -> None:
+        self.inner = inner
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def notify(self, patient_ids: Iterable[int]) -> None:
+        """Queue these patients for the thread; never blocks on the broker."""
+        with self._lock:
+            before = len(self._pending)
+            self._pending.update(patient_ids)
+            if len(self._pending) == before:
+                return
+            self._idle.clear()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._pending = self._pending, set()
+                closed = self._closed
+            if batch:
+                try:
+                    self.inner.notify(batch)
+                except Exception as exc:  # the sweeper re-finds pending records
+                    logger.warning(
+                        "grading notification failed (%s); records stay pending",
+                        type(exc).__name__,
+                    )
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()
+            if closed:
+                return
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far was handed on; False on timeout."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Hand on what is queued (within ``timeout``) and stop the thread."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)

@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -116,15 +117,13 @@ full_only = pytest.mark.skipif(
     reason="full-size fault run (reliability.md §4.5 sizes): set CRSMON_FULL_FAULTS=1",
 )
 
-INTAKE_HANG_S = 18.0
-"""No intake request may take longer while Redis is lost or paused (T2): it
-detects a hang, and is below the full run's 20 s pause, so there a request
-that waits for Redis to come back fails it. The spec's target, 2 s, is not
-met: the API publishes inside the request, bounded by the broker socket
-timeouts and publish retries (``workers.celery_app``), and requests also queue
-for the publisher's pooled broker connections. Measured maxima: 5.2 s with
-Redis paused 5 s (CI), 8.7 s paused 12 s, 13.5 s paused 20 s with 30 senders.
-The maximum and the count over 2 s are printed."""
+INTAKE_WAIT_SHARE = 0.8
+"""No intake request may take this share of the Redis pause or longer (T2):
+the API hands grading messages to a publisher thread and never waits for the
+broker (``BackgroundDispatcher``), so a request that waits for Redis to come
+back fails the test (CI: 4 s against the 5 s pause; full: 16 s against 20 s).
+A hang bound, not a speed target: the spec's 2 s is reported, not asserted
+(the count over 2 s is printed)."""
 UNAVAILABLE_HANG_S = 10.0
 """A 503 during the database outage comes within this (T3; the spec says 5 s,
 as ``test_db_outage``: generous, so a busy CI machine does not flake)."""
@@ -569,8 +568,10 @@ def run_t2(
     )
     # Records are committed before any broker call: every request is 2xx.
     assert set(report.outcomes) <= {"200", "201"}, report.outcomes
-    assert report.latency_max_s < INTAKE_HANG_S, (
-        f"an intake request took {report.latency_max_s:.1f} s (a hang?)"
+    bound = INTAKE_WAIT_SHARE * size.pause_s
+    assert report.latency_max_s < bound, (
+        f"an intake request took {report.latency_max_s:.1f} s: it waited for "
+        f"Redis (paused {size.pause_s:.0f} s)?"
     )
 
 
@@ -827,38 +828,54 @@ def _t4_load(
 MAX_ATTEMPTS = int(Settings.model_fields["max_grading_attempts"].default)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/jobs.py claim() counts an attempt for every delivery that "
-    "finds the records pending, including live deliveries queued on the patient's "
-    "row lock behind the one about to grade; with more concurrent deliveries than "
-    "max_grading_attempts the records are marked failed though nothing failed "
-    "(no lease to tell a live claim from a lost one, reliability.md §1.4.4)",
-)
 def test_t4_concurrent_deliveries_do_not_use_up_the_attempt_budget(
     worker_sessions: sessionmaker[Session],
 ) -> None:
     """Six deliveries of one patient claim before the first of them grades.
 
-    What T4 shows with four processes (attempts reach 4 with nothing failing):
-    a running grading holds the patient's lock, deliveries queue on it with
-    their claims, and each claim counts an attempt on the records that arrived
-    meanwhile, before any of them grades. Six processes (the default limit is
-    5) make the sixth claim give the records up.
+    What T4 showed with four processes before grading leases (attempts reached
+    4 with nothing failing): a running grading holds the patient's lock,
+    deliveries queue on it with their claims, and each claim counted an
+    attempt on the records that arrived meanwhile, before any of them graded;
+    six would have given the records up (the default limit is 5). Now a claim
+    leases the records to its delivery, and the others count nothing.
     """
     lines = course_feed("T4-ATT", 8, course_start(), 0)
     (patient,) = ingest_all(worker_sessions, lines)
-    for _ in range(MAX_ATTEMPTS):  # the claims queued behind the first delivery
-        claim(worker_sessions, patient, MAX_ATTEMPTS)
+    claim(worker_sessions, patient, MAX_ATTEMPTS, token="delivery-1")
+    for n in range(2, MAX_ATTEMPTS + 2):  # the deliveries queued behind it
+        claim(worker_sessions, patient, MAX_ATTEMPTS, token=f"delivery-{n}")
     context = GradingContext(
         sessions=worker_sessions,
         rules=resolve_rule_set("astct-2019"),
         max_attempts=MAX_ATTEMPTS,
         policy=AlertPolicy(),
     )
-    grade_pending(context, patient)  # the first delivery gets the lock
-    states = Effects.read(worker_sessions).states
-    assert set(states) == {GRADED}, states
+    grade_pending(context, patient, token="delivery-1")  # it gets the lock
+    effects = Effects.read(worker_sessions)
+    assert set(effects.states) == {GRADED}, effects.states
+
+
+def test_a_redelivered_message_still_counts_its_attempts(
+    worker_sessions: sessionmaker[Session],
+) -> None:
+    """A message redelivered after its worker was killed carries its task id:
+    each redelivery counts, so a poison record is given up after the budget
+    even while its lease is live; another delivery counts once the lease has
+    expired."""
+    lines = course_feed("T4-POISON", 8, course_start(), 0)
+    (patient,) = ingest_all(worker_sessions, lines)
+    now = datetime.now(UTC)
+    for _ in range(MAX_ATTEMPTS):  # the same message, killed each time
+        counted = claim(worker_sessions, patient, MAX_ATTEMPTS, token="m", now=now)
+        assert counted.gave_up == 0
+    other = claim(worker_sessions, patient, MAX_ATTEMPTS, token="sweep", now=now)
+    assert other.gave_up == 0  # the lease is live: not counted
+    later = now + timedelta(minutes=5)
+    expired = claim(worker_sessions, patient, MAX_ATTEMPTS, token="sweep", now=later)
+    assert expired.pending == 0
+    assert expired.gave_up > 0
+    assert set(Effects.read(worker_sessions).states) == {"failed"}
 
 
 def test_t4_concurrent_graders_postgresql_ci(
