@@ -36,8 +36,12 @@ typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
 # Coverage: 95 % overall and 100 % (branches included) for the pure core.
+# Two test processes (pytest-xdist), one test file each at a time: most of the
+# suite waits on real processes and servers, so two halve the wall time on two
+# cores. PYTEST_WORKERS=0 runs in one process (e.g. to debug).
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=95
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term --cov-fail-under=95
 	$(BIN)/python -m coverage report --include='crsmon/domain/*' --fail-under=100 --skip-covered
 
 test-unit test-spec test-property test-cli: $(VENV)/.dev
