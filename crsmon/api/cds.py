@@ -16,12 +16,13 @@ docs/interfaces.md), scoped to its units like every reviewer key.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from crsmon.api.deps import ActorDep, ContextDep, SessionsDep
+from crsmon.api.deps import ActorDep, ContextDep, JsonBody, SessionsDep
 from crsmon.api.errors import ApiError
 from crsmon.api.queries import (
     AlertFilter,
@@ -30,7 +31,7 @@ from crsmon.api.queries import (
     acknowledge_alert,
     list_alerts,
 )
-from crsmon.api.schemas import UNREADABLE_BODY, ErrorBody
+from crsmon.api.schemas import ErrorBody
 from crsmon.db.audit import patient_chain, record_event
 from crsmon.db.models import Alert
 from crsmon.interfaces.cds import (
@@ -89,6 +90,54 @@ class FeedbackRequest(_Loose):
     feedback: Annotated[list[Feedback], Field(min_length=1, max_length=100)]
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON Schema with its local ``$ref``s replaced by their definitions
+    (these models are not recursive), for the OpenAPI request bodies."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline(schema, schema.get("$defs", {}))}
+            },
+        }
+    }
+
+
+def _parsed(model: type[M], body: bytes) -> M:
+    """The body as ``model``, read after authorization (a raw body dependency,
+    so a refused caller is answered 401/403 before its body is looked at).
+
+    Raises:
+        RequestValidationError: answered 422 naming each field, no values.
+    """
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [e | {"loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    415: {"model": ErrorBody, "description": "Wrong content type."},
+    422: {"model": ErrorBody, "description": "Not a body of this hook: each field."},
+}
+
+
 @router.get("", responses={200: {"description": "The CDS Hooks discovery document."}})
 def get_services() -> dict[str, Any]:
     """CDS Hooks discovery: crsmon's one patient-view service."""
@@ -111,16 +160,18 @@ def _open_alert(alert: Alert) -> OpenAlert:
     f"/{SERVICE_ID}",
     responses={
         200: {"description": "One card per open alert of the patient."},
-        **UNREADABLE_BODY,
+        **_REFUSED,
     },
+    openapi_extra=_body(HookRequest),
 )
 def call_service(
-    body: HookRequest,
+    raw: JsonBody,
     sessions: SessionsDep,
     context: ContextDep,
     request: Request,
 ) -> dict[str, Any]:
     """patient-view: one card per open CRS alert of the linked patient."""
+    body = _parsed(HookRequest, raw)
     now = datetime.now(UTC)
     ref = [("reference", f"Patient/{body.context.patientId}")]
     with sessions() as session:
@@ -150,13 +201,15 @@ def call_service(
     responses={
         200: {"description": "Each card's feedback, and what it did."},
         404: {"model": ErrorBody, "description": "A card crsmon did not issue."},
-        **UNREADABLE_BODY,
+        **_REFUSED,
     },
+    openapi_extra=_body(FeedbackRequest),
 )
 def post_feedback(
-    body: FeedbackRequest, sessions: SessionsDep, actor: ActorDep
+    raw: JsonBody, sessions: SessionsDep, actor: ActorDep
 ) -> dict[str, Any]:
     """Accepted or overridden cards acknowledge their open alerts (audited)."""
+    body = _parsed(FeedbackRequest, raw)
     now = datetime.now(UTC)
     done = []
     for n, feedback in enumerate(body.feedback):

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from crsmon.api.deps import ContextDep, JsonBody
 from crsmon.api.intake import IntakeDep
+from crsmon.api.schemas import ErrorBody
 from crsmon.interfaces.fhir import (
     FhirError,
     parse_bundle,
@@ -263,6 +264,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "Refused and kept for review (each reason with its element)."),
     )
 }
+_RESPONSES[415] = {
+    "model": ErrorBody,
+    "description": "Wrong content type (application/fhir+json or application/json).",
+}
 _BODY = {
     "requestBody": {
         "required": True,
@@ -309,6 +314,7 @@ def post_medication(
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
         },
         400: _RESPONSES[400],
+        415: _RESPONSES[415],
     },
     openapi_extra=_BODY,
     response_class=JSONResponse,

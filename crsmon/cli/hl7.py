@@ -6,7 +6,6 @@ import asyncio
 
 import click
 
-from crsmon.api.app import default_dispatcher
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.migrate import upgrade
 from crsmon.logs import configure_logging
@@ -34,6 +33,8 @@ def mllp(host: str, port: int) -> None:
 
     Only sending facilities in CRSMON_HL7_FACILITIES are taken (others: AR).
     """
+    from crsmon.api.app import default_dispatcher  # FastAPI loads for this only
+
     settings = load_settings()
     upgrade(settings.database_url)
     configure_logging()

@@ -220,6 +220,12 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
         "/v1/admin/keys": {"get", "post"},
         "/v1/admin/keys/{key_id}/revoke": {"post"},
         "/v1/admin/audit/verify": {"get"},
+        "/fhir/Observation": {"post"},
+        "/fhir/MedicationAdministration": {"post"},
+        "/fhir": {"post"},
+        "/cds-services": {"get"},
+        "/cds-services/crsmon-crs": {"post"},
+        "/cds-services/crsmon-crs/feedback": {"post"},
     } == {path: set(item) for path, item in paths.items()}
     schemas = document["components"]["schemas"]
     assert {"FeedRecord", "VitalsIn", "PatientIn", "ErrorBody", "GradeOut"} <= set(
