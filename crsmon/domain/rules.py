@@ -274,6 +274,17 @@ def parse_settings(suffix_parts: list[str]) -> Conventions:
 
 
 @dataclass(frozen=True, slots=True)
+class _Resolved:
+    """A rule set's tables under its active settings (see ``RuleSet._resolved``)."""
+
+    key: str
+    devices: Mapping[OxygenDevice, DeviceRule]
+    agents: Mapping[VasoactiveDrug, AgentRole]
+    device_alternatives: Mapping[OxygenDevice, tuple[str, DeviceRule] | None]
+    agent_conventions: Mapping[VasoactiveDrug, str | None]
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     """A released grading rule set and the convention settings it is applied with."""
 
@@ -293,11 +304,36 @@ class RuleSet:
     device_overrides: Mapping[tuple[str, str], Mapping[OxygenDevice, DeviceRule]]
     agent_overrides: Mapping[tuple[str, str], Mapping[VasoactiveDrug, AgentRole]]
     conventions: Conventions = field(default_factory=Conventions)
+    _resolved: _Resolved = field(init=False, repr=False, compare=False)
+    """The tables under the active settings, worked out once (a grading asks
+    for them several times per assessment): not part of the released data."""
+
+    def __post_init__(self) -> None:
+        active = self._active()
+        object.__setattr__(
+            self,
+            "_resolved",
+            _Resolved(
+                key=self.name + format_settings(self.conventions),
+                devices=MappingProxyType(
+                    {d: self._device_rule(d, active) for d in self.devices}
+                ),
+                agents=MappingProxyType(
+                    {d: self._agent_role(d, active) for d in self.agents}
+                ),
+                device_alternatives=MappingProxyType(
+                    {d: self._device_alternative(d, active) for d in self.devices}
+                ),
+                agent_conventions=MappingProxyType(
+                    {d: self._agent_convention(d) for d in self.agents}
+                ),
+            ),
+        )
 
     @property
     def key(self) -> str:
         """The rule-set key every result carries, with any non-default settings."""
-        return self.name + format_settings(self.conventions)
+        return self._resolved.key
 
     def with_conventions(self, conventions: Conventions) -> RuleSet:
         """The same released rules applied under other settings."""
@@ -311,30 +347,47 @@ class RuleSet:
 
     def device_rule(self, device: OxygenDevice) -> DeviceRule:
         """The device's rule under the active settings."""
-        rule = self.devices[device]
-        for setting in self._active():
-            rule = self.device_overrides.get(setting, {}).get(device, rule)
-        return rule
+        return self._resolved.devices[device]
 
     def agent_role(self, drug: VasoactiveDrug) -> AgentRole:
         """How the agent counts under the active settings."""
-        role = self.agents[drug]
-        for setting in self._active():
-            role = self.agent_overrides.get(setting, {}).get(drug, role)
-        return role
+        return self._resolved.agents[drug]
 
     def device_alternative(self, device: OxygenDevice) -> tuple[str, DeviceRule] | None:
         """The convention that decides how ``device`` grades, and the rule it is
         *not* using now (the override when inactive, the base rule when active)."""
-        active = self._active()
+        return self._resolved.device_alternatives[device]
+
+    def agent_convention(self, drug: VasoactiveDrug) -> str | None:
+        """The convention (A7, A8) that decides how ``drug`` counts, if any."""
+        return self._resolved.agent_conventions[drug]
+
+    def _device_rule(
+        self, device: OxygenDevice, active: list[tuple[str, str]]
+    ) -> DeviceRule:
+        rule = self.devices[device]
+        for setting in active:
+            rule = self.device_overrides.get(setting, {}).get(device, rule)
+        return rule
+
+    def _agent_role(
+        self, drug: VasoactiveDrug, active: list[tuple[str, str]]
+    ) -> AgentRole:
+        role = self.agents[drug]
+        for setting in active:
+            role = self.agent_overrides.get(setting, {}).get(drug, role)
+        return role
+
+    def _device_alternative(
+        self, device: OxygenDevice, active: list[tuple[str, str]]
+    ) -> tuple[str, DeviceRule] | None:
         for setting, table in self.device_overrides.items():
             if device in table:
                 other = self.devices[device] if setting in active else table[device]
                 return _convention_of(setting[0]), other
         return None
 
-    def agent_convention(self, drug: VasoactiveDrug) -> str | None:
-        """The convention (A7, A8) that decides how ``drug`` counts, if any."""
+    def _agent_convention(self, drug: VasoactiveDrug) -> str | None:
         for setting, table in self.agent_overrides.items():
             if drug in table:
                 return _convention_of(setting[0])
