@@ -11,11 +11,13 @@ One delivery of "grade patient N" runs two transactions:
    this attempt on each of the patient's pending records (``attempts += 1``)
    and lease them to this delivery (its Celery task id) for a task time limit.
    A record leased to *another* live delivery is not counted again: that
-   delivery is about to grade it, and this one only queues on the patient's
-   lock behind it (otherwise six deliveries queued on one patient would use
-   up a budget of five with nothing failing, reliability.md §1.4.4). A
-   redelivery of the same message (a killed worker, a retry) carries the same
-   task id and does count, and an expired lease counts for anyone.
+   delivery is about to grade it (otherwise six deliveries queued on one
+   patient would use up a budget of five with nothing failing, reliability.md
+   §1.4.4). A delivery that holds nothing does not grade, so every grading
+   that runs has counted an attempt. A redelivery of the same message (a
+   killed worker, a retry) carries the same task id and does count, and an
+   expired lease counts for anyone (leases run on the database clock on
+   PostgreSQL).
    A record whose count now exceeds ``max_attempts`` has already been tried that
    many times and never finished (a poison record, or a worker killed each time,
    where Celery's ``task_reject_on_worker_lost`` would requeue it forever): it is
@@ -149,17 +151,25 @@ def claim(
     lease_s: float = DEFAULT_LEASE_S,
 ) -> Claim:
     """Count one attempt on the patient's pending records that no other live
-    delivery holds, lease them to ``token``; give up on exhausted ones.
+    delivery holds, and lease them to ``token``; give up on exhausted ones.
 
-    ``token`` names the delivery (the Celery task id, the same for every
-    redelivery of one message); None is a delivery of its own.
+    ``pending`` in the answer is what this delivery now holds: when every
+    pending record is leased to another live delivery it is 0, and the
+    delivery does not grade (the holder will, or the lease runs out and a
+    later delivery counts and grades). So every grading that runs has counted
+    an attempt, and a poison record is tried at most ``max_attempts`` times
+    per record group. ``token`` names the delivery (the Celery task id, the
+    same for every redelivery of one message); None is a delivery of its own.
+    ``now`` defaults to the database clock on PostgreSQL (workers on several
+    hosts share it), Python's on SQLite (one host).
     Committed on return, so the count survives a worker killed mid-grading.
     """
-    token = token or f"local-{uuid.uuid4().hex}"
-    now = now or datetime.now(UTC)
+    token = (token or f"local-{uuid.uuid4().hex}")[:64]
     with sessions.begin() as session:
         if not _lock_patient(session, patient_id):
             return Claim(pending=0, gave_up=0)
+        if now is None:
+            now = _clock(session)
         free = or_(
             ClinicalRecord.lease_until.is_(None),
             ClinicalRecord.lease_until <= now,
@@ -170,7 +180,7 @@ def claim(
             .where(_pending_of(patient_id), free)
             .values(
                 attempts=ClinicalRecord.attempts + 1,
-                lease_token=token[:64],
+                lease_token=token,
                 lease_until=now + timedelta(seconds=lease_s),
             )
         )
@@ -183,12 +193,21 @@ def claim(
                 + func.coalesce(ClinicalRecord.last_error, NO_ERROR_RECORDED),
             )
         )
-        pending = session.scalar(
+        held = session.scalar(
             select(func.count())
             .select_from(ClinicalRecord)
-            .where(_pending_of(patient_id))
+            .where(_pending_of(patient_id), ClinicalRecord.lease_token == token)
         )
-    return Claim(pending=pending or 0, gave_up=_rowcount(given_up))
+    return Claim(pending=held or 0, gave_up=_rowcount(given_up))
+
+
+def _clock(session: Session) -> datetime:
+    """The database clock on PostgreSQL (one clock for every worker host)."""
+    if session.get_bind().dialect.name == "postgresql":
+        found = session.scalar(select(func.clock_timestamp()))
+        if isinstance(found, datetime):
+            return found
+    return datetime.now(UTC)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -257,7 +276,8 @@ def grade_pending(
         ctx.sessions, patient_id, ctx.max_attempts, token=token, lease_s=ctx.lease_s
     )
     if counted.pending == 0:
-        return JobResult(patient_id, counted, None)  # a re-delivery: nothing to do
+        # Nothing pending, or all of it held by another live delivery.
+        return JobResult(patient_id, counted, None)
     try:
         with ctx.sessions.begin() as session:
             run = grade_patient(

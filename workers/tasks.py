@@ -243,6 +243,10 @@ class CeleryDispatcher:
         self.app = app
         self.published = 0
 
+    def close(self) -> None:
+        """Release the app's broker connections (at shutdown)."""
+        self.app.close()
+
     def notify(self, patient_ids: Iterable[int]) -> None:
         """Send one ``crsmon.grade_patient`` message per distinct patient."""
         task = self.app.tasks[GRADE_TASK]

@@ -11,6 +11,7 @@ every pending record.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -105,18 +106,34 @@ class BackgroundDispatcher:
 
     def __init__(self, inner: Dispatcher, *, name: str = "crsmon-publisher") -> None:
         self.inner = inner
+        self.name = name
+        self.failures = 0
+        """Sends that raised (each logged; the sweeper re-finds their records)."""
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._pending: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def notify(self, patient_ids: Iterable[int]) -> None:
         """Queue these patients for the thread; never blocks on the broker."""
+        if os.getpid() != self._pid:
+            # A forked child has no thread and may hold a copy of a taken lock:
+            # it starts its own.
+            self._start()
         with self._lock:
+            if self._closed:
+                logger.warning(
+                    "grading notification after shutdown; records stay pending"
+                )
+                return
             before = len(self._pending)
             self._pending.update(patient_ids)
             if len(self._pending) == before:
@@ -134,7 +151,8 @@ class BackgroundDispatcher:
             if batch:
                 try:
                     self.inner.notify(batch)
-                except Exception as exc:  # the sweeper re-finds pending records
+                except BaseException as exc:  # the thread must outlive any send
+                    self.failures += 1
                     logger.warning(
                         "grading notification failed (%s); records stay pending",
                         type(exc).__name__,
@@ -150,8 +168,12 @@ class BackgroundDispatcher:
         return self._idle.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Hand on what is queued (within ``timeout``) and stop the thread."""
+        """Hand on what is queued (within ``timeout``), stop the thread, and
+        close the inner dispatcher when it has a ``close``."""
         with self._lock:
             self._closed = True
         self._wake.set()
         self._thread.join(timeout)
+        close = getattr(self.inner, "close", None)
+        if callable(close) and not self._thread.is_alive():
+            close()

@@ -85,3 +85,45 @@ def test_everything_notified_is_sent_once(ids: list[int]) -> None:
     dispatcher.close()
     sent = [n for batch in inner.sent for n in batch]
     assert sorted(sent) == ids
+
+
+class Raising:
+    """A send that raises what no ``except Exception`` catches."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def notify(self, patient_ids: Iterable[int]) -> None:
+        del patient_ids
+        self.calls += 1
+        raise KeyboardInterrupt
+
+
+def test_the_thread_outlives_any_send_and_a_late_notify_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner = Raising()
+    dispatcher = BackgroundDispatcher(inner)
+    dispatcher.notify([1])
+    assert dispatcher.flush(HANG_S)
+    dispatcher.notify([2])
+    assert dispatcher.flush(HANG_S)
+    assert (inner.calls, dispatcher.failures) == (2, 2)
+    assert dispatcher._thread.is_alive()
+    dispatcher.close(HANG_S)
+    dispatcher.notify([3])
+    assert "after shutdown" in caplog.text
+
+
+def test_a_forked_child_starts_its_own_thread() -> None:
+    """As after a fork: another pid finds no thread of its own and starts one."""
+    inner = Blocking()
+    inner.release.set()
+    dispatcher = BackgroundDispatcher(inner)
+    before = dispatcher._thread
+    dispatcher._pid = -1  # what a child sees: the parent's pid
+    dispatcher.notify([9])
+    assert dispatcher._thread is not before
+    assert dispatcher.flush(HANG_S)
+    assert inner.sent == [{9}]
+    dispatcher.close()

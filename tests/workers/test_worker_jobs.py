@@ -108,7 +108,7 @@ def test_grading_twice_writes_nothing_new(
     """A re-delivered message finds nothing pending; a forced re-run writes no row."""
     (patient,) = ingest_all(worker_sessions, patient_feed("P-1"))
     n = len(records(worker_sessions, "P-1"))  # a vitals line stores one row per value
-    first = grade_pending(context(worker_sessions), patient)
+    first = grade_pending(context(worker_sessions), patient, token="delivery-1")
     assert first.run is not None
     assert first.run.records_graded == first.claim.pending == n
     assert first.run.grades_written > 0
@@ -116,13 +116,15 @@ def test_grading_twice_writes_nothing_new(
     after_first = Effects.read(worker_sessions)
     assert after_first.states == {GRADED: n}
 
-    again = grade_pending(context(worker_sessions), patient)
-    assert again.run is None  # the re-delivery: nothing pending, nothing read
+    again = grade_pending(context(worker_sessions), patient, token="delivery-2")
+    assert again.run is None  # a duplicate: nothing pending, nothing read
     assert again.summary()["records_graded"] == 0
 
     with worker_sessions.begin() as session:  # as if the grading commit had been lost
         session.execute(update(ClinicalRecord).values(grading_state=PENDING))
-    forced = grade_pending(context(worker_sessions), patient)
+    # The records are still leased to the delivery that lost its commit: its
+    # redelivery (the same task id) grades them again.
+    forced = grade_pending(context(worker_sessions), patient, token="delivery-1")
     assert forced.run is not None
     assert forced.run.records_graded == n
     assert forced.run.grades_written == 0
