@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from sqlalchemy import select
 
 from crsmon.api.deps import ActorDep, ContextDep, JsonBody, SessionsDep
 from crsmon.api.errors import ApiError
@@ -212,10 +213,16 @@ def post_feedback(
     body = _parsed(FeedbackRequest, raw)
     now = datetime.now(UTC)
     done = []
+    ids = [alert_of_card(feedback.card) for feedback in body.feedback]
+    with sessions() as session:  # every card first: all or nothing
+        for n, alert_id in enumerate(ids):
+            if alert_id is None:
+                raise ApiError(404, f"feedback[{n}].card", "not a card crsmon issued")
+            if session.scalar(select(Alert.id).where(Alert.id == alert_id)) is None:
+                raise ApiError(404, f"feedback[{n}].card", "no such alert")
     for n, feedback in enumerate(body.feedback):
-        alert_id = alert_of_card(feedback.card)
-        if alert_id is None:
-            raise ApiError(404, f"feedback[{n}].card", "not a card crsmon issued")
+        alert_id = ids[n]
+        assert alert_id is not None  # noqa: S101 - checked above
         note = f"CDS Hooks card {feedback.outcome}"
         reason = feedback.overrideReason
         if reason is not None:

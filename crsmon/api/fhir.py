@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from crsmon.api.deps import ContextDep, JsonBody
 from crsmon.api.intake import IntakeDep
 from crsmon.api.schemas import ErrorBody
+from crsmon.interfaces.codes import device_for
 from crsmon.interfaces.fhir import (
     FhirError,
     parse_bundle,
@@ -114,14 +115,75 @@ def _summary(receipt: Receipt) -> list[Note]:
 
 
 READ_TYPES = ("Observation", "MedicationAdministration")
-_DROPPED = ("text", "note")
-"""Narrative and free-text notes may name the patient."""
+_DEVICE_TEXT = "device-text"
+"""A free text kept only when it names a device of the mapping table."""
+_CODING = {"system": True, "code": True, "display": True}
+_CONCEPT = {"coding": _CODING}
+_DEVICE_CONCEPT = {"coding": _CODING, "text": _DEVICE_TEXT}
+_QUANTITY = {"value": True, "comparator": True, "unit": True, "system": True,
+             "code": True}  # fmt: skip
+_PERIOD = {"start": True, "end": True}
+_COMMON = {
+    "resourceType": True,
+    "id": True,
+    "meta": {"versionId": True, "lastUpdated": True},
+    "identifier": {"system": True, "value": True},
+    "status": True,
+}
+_KEPT: dict[str, dict[str, Any]] = {
+    "Observation": _COMMON
+    | {
+        "category": _CONCEPT,
+        "code": _CONCEPT,
+        "effectiveDateTime": True,
+        "effectiveInstant": True,
+        "effectivePeriod": _PERIOD,
+        "issued": True,
+        "valueQuantity": _QUANTITY,
+        "valueCodeableConcept": _DEVICE_CONCEPT,
+        "valueString": _DEVICE_TEXT,
+        "dataAbsentReason": _CONCEPT,
+        "component": {
+            "code": _CONCEPT,
+            "valueQuantity": _QUANTITY,
+            "valueCodeableConcept": _DEVICE_CONCEPT,
+            "valueString": _DEVICE_TEXT,
+            "dataAbsentReason": _CONCEPT,
+        },
+    },
+    "MedicationAdministration": _COMMON
+    | {
+        "medicationCodeableConcept": _CONCEPT,
+        "medicationReference": {"reference": True},
+        "contained": {"resourceType": True, "id": True, "code": _CONCEPT},
+        "effectiveDateTime": True,
+        "effectivePeriod": _PERIOD,
+        "dosage": {"rateQuantity": _QUANTITY, "dose": _QUANTITY, "route": _CONCEPT},
+    },
+}
+"""What is kept of a resource: the elements crsmon reads, nothing else (an
+allowlist: narrative, notes, extensions, performer, encounter, focus and the
+patient's own references may all name the patient, and are never kept)."""
+
+
+def _allowed(value: Any, spec: Any) -> Any:
+    if spec is True:
+        return value if isinstance(value, str | int | float | bool) else None
+    if spec == _DEVICE_TEXT:
+        return value if isinstance(value, str) and device_for(value) else None
+    if isinstance(value, list):
+        kept = [_allowed(v, spec) for v in value]
+        return [v for v in kept if v not in (None, {})] or None
+    if not isinstance(value, dict):
+        return None
+    found = {k: _allowed(value[k], s) for k, s in spec.items() if k in value}
+    return {k: v for k, v in found.items() if v not in (None, {}, [])}
 
 
 def redacted(content: Any) -> dict[str, Any]:
-    """The resource as kept: no narrative, free-text notes or contained
-    resources, no patient reference or name; a Bundle's entries likewise; a
-    resource of another type (a Patient, say) is not kept at all."""
+    """The resource as kept: the elements crsmon reads only (``_KEPT``); a
+    Bundle's entries likewise; a resource of another type (a Patient, say) is
+    not kept at all."""
     if not isinstance(content, dict):
         return {"kept": "not a JSON object: not kept"}
     kind = content.get("resourceType")
@@ -129,9 +191,7 @@ def redacted(content: Any) -> dict[str, Any]:
         entries = content.get("entry")
         return {
             "resourceType": "Bundle",
-            "type": content.get("type")
-            if isinstance(content.get("type"), str)
-            else None,
+            "type": str(content.get("type"))[:32],
             "entry": [
                 {"resource": redacted(e.get("resource"))}
                 if isinstance(e, dict)
@@ -139,20 +199,17 @@ def redacted(content: Any) -> dict[str, Any]:
                 for e in (entries if isinstance(entries, list) else [])
             ],
         }
-    if kind not in READ_TYPES:
+    if not isinstance(kind, str) or kind not in _KEPT:
         return {"kept": "not a resource crsmon reads: not kept"}
-    kept = {k: v for k, v in content.items() if k not in _DROPPED}
+    kept: dict[str, Any] = _allowed(content, _KEPT[kind])
     if isinstance(kept.get("contained"), list):
         # A contained Medication is kept (its code is what was given); any
         # other contained resource (a Patient, say) is not.
         kept["contained"] = [
-            c
-            for c in kept["contained"]
-            if isinstance(c, dict) and c.get("resourceType") == "Medication"
+            c for c in kept["contained"] if c.get("resourceType") == "Medication"
         ]
-    for name in ("subject", "patient"):
-        if name in kept:
-            kept[name] = {"display": "(linked patient: reference not kept)"}
+    if "subject" in content or "patient" in content:
+        kept["subject"] = {"display": "(linked patient: reference not kept)"}
     return kept
 
 
@@ -332,8 +389,10 @@ def post_bundle(body: JsonBody, intake: IntakeDep, context: ContextDep) -> JSONR
         )
         return _fhir(400, outcome(receipt.notes))
     read: list[tuple[Item, Any, list[tuple[str, str]]] | FhirError] = []
+    raws: list[Any] = []
     for n in range(len(bundle.entry or [])):
         raw = content["entry"][n].get("resource")
+        raws.append(raw)
         try:
             if raw is None:
                 raise FhirError("resource", "is required")
@@ -344,6 +403,20 @@ def post_bundle(body: JsonBody, intake: IntakeDep, context: ContextDep) -> JSONR
             continue
         read.append((_read(resource), raw, patient_refs(resource.subject)))
     failing = [r for r in read if isinstance(r, FhirError)]
+    if bundle.type == "transaction":
+        seen: dict[str, int] = {}
+        for n, r in enumerate(read):
+            if isinstance(r, FhirError) or r[0].identity is None:
+                continue
+            if r[0].identity in seen:
+                failing.append(
+                    FhirError(
+                        f"Bundle.entry[{n}].resource",
+                        f"the same resource as entry {seen[r[0].identity]}: a "
+                        "transaction holds one version of each resource",
+                    )
+                )
+            seen.setdefault(r[0].identity, n)
     if bundle.type == "transaction" and failing:
         return _transaction_refused(intake, context, content, failing)
     readable = [r for r in read if not isinstance(r, FhirError)]
@@ -367,7 +440,14 @@ def post_bundle(body: JsonBody, intake: IntakeDep, context: ContextDep) -> JSONR
     touched = []
     for n, r in enumerate(read):
         if isinstance(r, FhirError):
-            refused = _keep(intake, context, _refused_item("unknown", r), {}, [])
+            kind = raws[n].get("resourceType") if isinstance(raws[n], dict) else None
+            refused = _keep(
+                intake,
+                context,
+                _refused_item(kind if kind in READ_TYPES else "unknown", r),
+                raws[n] if isinstance(raws[n], dict) else {},
+                [],
+            )
             entries.append(_entry(400, outcome(refused.notes)))
             continue
         item, raw, refs = r

@@ -2,11 +2,12 @@
 
 One card per open alert of the patient the EHR is showing: the summary (at
 most 140 characters, as the specification requires), the indicator by grade
-(1 info, 2 warning, 3 or more critical; an alert without a grade keeps its own
-severity), the source "crsmon ASTCT 2019", the alert's reasons and an as-of
-time in the detail (cds-hooks #20, #624), and a link to the patient's
-timeline. A card's uuid carries its alert's id, so the EHR's feedback on the
-card finds the alert it acknowledges.
+(1 info, 2 warning, 3 or more critical, for alerts about the grade; data
+quality, monitoring and risk alerts keep their own severity), the source
+"crsmon ASTCT 2019", the alert's reasons and an as-of time in the detail
+(cds-hooks #20, #624), and a link to the patient's timeline. A card's uuid
+carries its alert's id, so the EHR's feedback on the card finds the alert it
+acknowledges.
 
 Pure: functions of their arguments.
 """
@@ -57,11 +58,18 @@ def discovery() -> dict[str, Any]:
     }
 
 
-def indicator(grade: int | None, severity: str) -> str:
-    """info, warning or critical: by grade when the alert has one."""
-    if grade is None or grade < 1:
-        return severity if severity in ("info", "warning", "critical") else "info"
-    return {1: "info", 2: "warning"}.get(grade, "critical")
+GRADE_KINDS = frozenset({"crs_onset", "crs_escalation", "severe_crs", "crs_death"})
+"""Alerts about the CRS grade itself: their card's indicator follows the grade.
+Other alerts (data quality, monitoring, risk) keep their own severity, whatever
+the grade was when they were raised."""
+
+
+def indicator(kind: str, grade: int | None, severity: str) -> str:
+    """info, warning or critical: by grade for a grade alert (1 info, 2 warning,
+    3 or more critical, peers.md §2.5), else the alert's own severity."""
+    if kind in GRADE_KINDS and grade is not None and grade >= 1:
+        return {1: "info", 2: "warning"}.get(grade, "critical")
+    return severity if severity in ("info", "warning", "critical") else "info"
 
 
 def card_uuid(alert_id: int) -> str:
@@ -80,9 +88,11 @@ def alert_of_card(card: str) -> int | None:
 
 def _summary(alert: OpenAlert) -> str:
     what = alert.kind.replace("_", " ")
-    grade = "" if alert.grade is None else f" grade {alert.grade}"
     when = alert.triggered_at.strftime("%Y-%m-%d %H:%M UTC")
-    text = f"CRS{grade}: {what} since {when}"
+    if alert.kind in GRADE_KINDS and alert.grade is not None:
+        text = f"CRS grade {alert.grade}: {what} since {when}"
+    else:
+        text = f"CRS monitoring: {what} since {when}"
     return text[:SUMMARY_MAX]
 
 
@@ -100,7 +110,7 @@ def card(
     return {
         "uuid": card_uuid(alert.alert_id),
         "summary": _summary(alert),
-        "indicator": indicator(alert.grade, alert.severity),
+        "indicator": indicator(alert.kind, alert.grade, alert.severity),
         "detail": detail,
         "source": {"label": SOURCE_LABEL},
         "links": [

@@ -10,7 +10,11 @@ element (FHIRPath) for the OperationOutcome the sender gets back.
 Rules (peers.md §2.1, §2.2; grading.md §4):
 - ``status`` final, amended, corrected: graded; preliminary, registered,
   unknown: kept, not graded; cancelled, entered-in-error: retract the earlier
-  resource with the same identity and the grades derived from it;
+  resource with the same identity and the grades derived from it (a
+  MedicationAdministration ``not-done`` likewise; ``on-hold`` ends an
+  infusion like ``stopped``);
+- a value with a comparator is a bound, kept and not graded; a value together
+  with a ``dataAbsentReason`` is refused (obs-6);
 - a date-only (or coarser) ``effectiveDateTime`` is kept with its precision and
   never used for hourly grading; a time without a zone is refused by the
   models (FHIR requires the zone once there is a time);
@@ -56,9 +60,12 @@ GRADED = frozenset({"final", "amended", "corrected"})
 HELD = frozenset({"preliminary", "registered", "unknown"})
 RETRACTING = frozenset({"cancelled", "entered-in-error"})
 OBSERVATION_STATUSES = GRADED | HELD | RETRACTING
-MED_GIVEN = frozenset({"in-progress", "completed", "stopped"})
-MED_HELD = frozenset({"not-done", "on-hold", "unknown"})
-MED_STATUSES = MED_GIVEN | MED_HELD | {"entered-in-error"}
+MED_GIVEN = frozenset({"in-progress", "completed", "stopped", "on-hold"})
+"""``on-hold``: an infusion suspended, read like ``stopped`` (its end required)."""
+MED_HELD = frozenset({"unknown"})
+MED_RETRACTING = frozenset({"entered-in-error", "not-done"})
+"""``not-done``: never given, so an earlier version's records are withdrawn."""
+MED_STATUSES = MED_GIVEN | MED_HELD | MED_RETRACTING
 
 _SAFE = re.compile(r"^[A-Za-z0-9.\-_]{1,24}$")
 
@@ -203,6 +210,14 @@ def _quantity(
 ) -> Value | None:
     if quantity is None or quantity.value is None:
         return None
+    if quantity.comparator is not None:
+        item.hold(
+            "comparator",
+            f"{element}.comparator",
+            "a value with a comparator (<, <=, >=, >) is a bound, not a "
+            "measurement: kept, not graded",
+        )
+        return None
     unit = quantity.code if quantity.code else quantity.unit
     if quantity.code and quantity.system not in (None, UCUM_SYSTEM):
         item.note(
@@ -253,6 +268,17 @@ def _device(
     )
 
 
+_VALUE_FIELDS = (
+    "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean",
+    "valueInteger", "valueRange", "valueRatio", "valueSampledData", "valueTime",
+    "valueDateTime", "valuePeriod",
+)  # fmt: skip
+
+
+def _has_value(element: Observation | ObservationComponent) -> bool:
+    return any(getattr(element, name, None) is not None for name in _VALUE_FIELDS)
+
+
 def _component(item: Item, n: int, component: ObservationComponent) -> None:
     element = f"Observation.component[{n}]"
     concepts, _ = _concepts(component.code)
@@ -274,6 +300,15 @@ def _component(item: Item, n: int, component: ObservationComponent) -> None:
         )
         return
     if component.dataAbsentReason is not None:
+        if _has_value(component):
+            item.note(
+                "error",
+                "value-and-absent",
+                element,
+                "a value and a dataAbsentReason together (FHIR obs-6): refused, "
+                "neither is guessed",
+            )
+            return
         item.values.append(
             _absent(concept, component.dataAbsentReason, f"{element}.dataAbsentReason")
         )
@@ -304,6 +339,8 @@ def read_observation(obs: Observation) -> Item:
         _time(item, obs.effectivePeriod.start, "Observation.effectivePeriod.start")
     elif item.action != "retract":
         item.note("error", "no-time", "Observation.effective[x]", "a time is required")
+    if item.action == "retract":
+        return item  # a retraction needs only the identity of what it retracts
     concepts, unknown = _concepts(obs.code)
     if len(concepts) > 1:
         item.note(
@@ -325,7 +362,15 @@ def read_observation(obs: Observation) -> Item:
     if concept == "device":
         _device(item, "Observation.value", obs.valueCodeableConcept, obs.valueString)
     elif concept != "bp_panel":
-        if obs.dataAbsentReason is not None:
+        if obs.dataAbsentReason is not None and _has_value(obs):
+            item.note(
+                "error",
+                "value-and-absent",
+                "Observation.dataAbsentReason",
+                "a value and a dataAbsentReason together (FHIR obs-6): refused, "
+                "neither is guessed",
+            )
+        elif obs.dataAbsentReason is not None:
             item.values.append(
                 _absent(concept, obs.dataAbsentReason, "Observation.dataAbsentReason")
             )
@@ -405,14 +450,14 @@ def read_medication(med: MedicationAdministration) -> Item:
     with an open period runs; completed or stopped with an end stops), or a
     dose of tocilizumab, a corticosteroid or an antipyretic."""
     item = Item("MedicationAdministration", identity(med), med.status)
-    if med.status == "entered-in-error":
+    if med.status in MED_RETRACTING:
         item.action = "retract"
         return item
     if med.status in MED_HELD:
         item.hold(
             "status-not-graded",
             "MedicationAdministration.status",
-            "not given, on hold or unknown: kept, not graded",
+            "status unknown: kept, not graded",
         )
     elif med.status not in MED_GIVEN:
         item.note(
@@ -450,16 +495,26 @@ def read_medication(med: MedicationAdministration) -> Item:
                 "MedicationAdministration.effectivePeriod.end",
                 "in progress with an end: read as stopped at the end",
             )
-        if med.status in ("completed", "stopped") and not isinstance(end, datetime):
+        if med.status in ("completed", "stopped", "on-hold") and not isinstance(
+            end, datetime
+        ):
             item.note(
                 "error",
                 "no-end",
                 "MedicationAdministration.effectivePeriod.end",
-                "a completed or stopped infusion needs its end time",
+                "a completed, stopped or on-hold infusion needs its end time",
             )
             return item
         if isinstance(end, datetime):
             stopped = end.astimezone(UTC)
+            if stopped < item.at:
+                item.note(
+                    "error",
+                    "end-before-start",
+                    "MedicationAdministration.effectivePeriod.end",
+                    "the infusion ends before it starts: refused, never guessed",
+                )
+                return item
     dose, unit = _dose(item, med) if isinstance(drug, VasoactiveDrug) else (None, None)
     item.administration = Administration(drug, item.at, stopped, dose, unit)
     return item

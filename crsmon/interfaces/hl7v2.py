@@ -17,16 +17,18 @@ time). Rules (peers.md §2.3, grading.md §4):
   without a time is kept, not graded;
 - the patient is PID-3 (each repetition ``authority|id``), linked by the site.
 
-An OBX's identity is a hash of the sending facility, the patient, the code,
-the sub-id and the time (no identifier is stored in clear), so a corrected
-result replaces the one it corrects.
+An OBX's identity is a keyed hash (the service's pepper) of the sending
+facility, the linked patient, the code, the sub-id and the time in UTC (no
+identifier is stored in clear, and none can be recovered by guessing), so a
+corrected result replaces the one it corrects whatever PID-3 repetitions or
+time format it comes with. Two OBX of one patient with the same code, sub-id
+and time in one message are refused (one would silently replace the other).
 
 Pure: functions of their arguments.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,12 +69,14 @@ class Hl7Error(ValueError):
 
 @dataclass(slots=True)
 class Message:
-    """One ORU^R01, read: who sent it, the patient's references, the items."""
+    """One ORU^R01, read: who sent it, and each OBX as an item with the
+    references of the patient (PID) whose group it is in."""
 
     control_id: str
     facility: str
-    refs: list[tuple[str, str]]
     items: list[Item] = field(default_factory=list)
+    refs: list[list[tuple[str, str]]] = field(default_factory=list)
+    """``refs[n]``: the PID-3 references of ``items[n]``'s patient."""
     parsed: Any = None
 
 
@@ -174,20 +178,15 @@ def _unit(obx: Any) -> str:
     return UNIT_ALIASES.get(parts[0], parts[0])
 
 
-def read_obx(obx: Any, fallback_time: str, facility: str, patient: str) -> Item:
-    """One OBX, read."""
+def read_obx(obx: Any, fallback_time: str) -> Item:
+    """One OBX, read. Its identity is left to the service, which keys it
+    (``key_parts``: code, sub-id and the time in UTC) with the patient."""
     n = _text(_field(obx, 1)) or "?"
     status = _text(_field(obx, 11)).upper()
     concept, code = _concept(obx)
     sub_id = _text(_field(obx, 4))
     raw_time = _text(_field(obx, 14)) or fallback_time
-    identity = (
-        "hl7v2:"
-        + hashlib.sha256(
-            "|".join((facility, patient, code, sub_id, raw_time)).encode()
-        ).hexdigest()[:40]
-    )
-    item = Item("OBX", identity, status or None)
+    item = Item("OBX", None, status or None)
     element = f"OBX[{n}]"
     if status in RETRACTING:
         item.action = "retract"
@@ -196,6 +195,8 @@ def read_obx(obx: Any, fallback_time: str, facility: str, patient: str) -> Item:
     elif status not in GRADED and status != ABSENT:
         item.note("error", "status", f"{element}-11", "F, C, P, R, S, X, D or W")
     _time(item, raw_time, f"{element}-14")
+    when = raw_time if item.at is None else item.at.isoformat()
+    item.key_parts = (code, sub_id, when)
     if concept is None or concept == "bp_panel":
         item.hold(
             "code-unmapped",
@@ -268,7 +269,8 @@ def patient_refs(pid: Any) -> list[tuple[str, str]]:
 
 
 def read_message(text: str) -> Message:
-    """One ORU^R01 message, read (each OBX an item).
+    """One ORU^R01 message, read (each OBX an item of the patient whose PID
+    group it is in; a message may report several patients).
 
     Raises:
         Hl7Error: not HL7 v2, not ORU^R01, or without MSH-10 or PID.
@@ -285,22 +287,49 @@ def read_message(text: str) -> Message:
     if not control_id:
         raise Hl7Error("MSH-10: a message control id is required")
     facility = _component(_field(msh, 4), 1)
-    try:
-        pid = parsed.segment("PID")
-    except KeyError:
-        raise Hl7Error("PID: the patient is required") from None
-    refs = patient_refs(pid)
-    message = Message(control_id, facility, refs, parsed=parsed)
+    message = Message(control_id, facility, parsed=parsed)
+    refs: list[tuple[str, str]] | None = None
     fallback = ""
-    patient = "~".join(r for _, r in refs)
+    groups: list[list[int]] = []
     for segment in parsed:
         name = _text(segment[0])
-        if name == "OBR":
+        if name == "PID":
+            refs = patient_refs(segment)
+            groups.append([])
+            fallback = ""
+        elif name == "OBR":
             fallback = _text(_field(segment, 7))
         elif name == "OBX":
-            message.items.append(read_obx(segment, fallback, facility, patient))
-    pair_devices([(item, refs) for item in message.items])
+            if refs is None:
+                raise Hl7Error("PID: the patient is required before the OBX")
+            groups[-1].append(len(message.items))
+            message.items.append(read_obx(segment, fallback))
+            message.refs.append(refs)
+    if refs is None:
+        raise Hl7Error("PID: the patient is required")
+    for group in groups:
+        items = [message.items[i] for i in group]
+        _refuse_repeats(items)
+        pair_devices([(message.items[i], message.refs[i]) for i in group])
     return message
+
+
+def _refuse_repeats(items: list[Item]) -> None:
+    """Two OBX of one patient with the same code, sub-id and time cannot be
+    told apart (one would silently replace the other): the later is refused."""
+    seen: set[tuple[str, ...]] = set()
+    for item in items:
+        if not item.key_parts or item.key_parts[0] == "":
+            continue
+        if item.key_parts in seen:
+            item.note(
+                "error",
+                "repeated-obx",
+                "OBX-4",
+                "another OBX of this patient in this message has the same code, "
+                "sub-id and time: give each its own OBX-4 sub-id",
+            )
+        seen.add(item.key_parts)
 
 
 def ack(text: str, code: str, reason: str | None, now: datetime) -> str:
@@ -314,15 +343,17 @@ def ack(text: str, code: str, reason: str | None, now: datetime) -> str:
         answer = f"MSH|^~\\&|CRSMON|CRSMON|||{stamp}||ACK|CRSMON|P|2.5\rMSA|{code}|\r"
         escape = None
     if reason:
-        segments = answer.strip("\r").split("\r")
         safe = (
             escape(reason)
             if escape is not None
             else re.sub(r"[|^~\\&\r\n]", " ", reason)
         )
-        segments = [
-            (s.rstrip("|") + "|" + safe[:200]) if s.startswith("MSA") else s
-            for s in segments
-        ]
+        segments = answer.strip("\r").split("\r")
+        for n, segment in enumerate(segments):
+            if segment.startswith("MSA"):
+                fields = segment.split("|")
+                fields += [""] * (4 - len(fields))
+                fields[3] = safe[:200]  # MSA-3, whatever MSA-2 holds
+                segments[n] = "|".join(fields)
         answer = "\r".join(segments) + "\r"
     return answer

@@ -99,6 +99,9 @@ class Item:
     values: list[Value] = field(default_factory=list)
     administration: Administration | None = None
     notes: list[Note] = field(default_factory=list)
+    key_parts: tuple[str, ...] = ()
+    """What names the observation when the sender gives it no identifier (HL7
+    v2: code, sub-id, time); the service turns it into a keyed identity."""
 
     def note(self, severity: Severity, code: str, element: str, text: str) -> None:
         """Add a note; an error note makes the item refused."""
@@ -174,7 +177,12 @@ def _vitals(item: Item, common: dict[str, Any], key: str) -> list[dict[str, Any]
     ]
 
 
-def _oxygen(item: Item, common: dict[str, Any], key: str) -> list[dict[str, Any]]:
+def _oxygen(
+    item: Item,
+    common: dict[str, Any],
+    key: str,
+    current_device: OxygenDevice | None = None,
+) -> list[dict[str, Any]]:
     found = {v.concept: v for v in item.values if v.absent_reason is None}
     device = found.get("device")
     flow = found.get("flow_l_min")
@@ -195,6 +203,24 @@ def _oxygen(item: Item, common: dict[str, Any], key: str) -> list[dict[str, Any]
     }
     if device is not None and device.device is not None:
         record["device"] = str(device.device)
+    elif flow is not None and flow.value == 0:
+        # No oxygen flowing and no device: room air, never a cannula at 0 L/min.
+        item.note(
+            "information",
+            "flow-zero",
+            flow.element,
+            "an oxygen flow of 0 L/min with no device recorded is read as room air",
+        )
+        return [record | {"device": str(OxygenDevice.ROOM_AIR)}]
+    elif current_device is not None:
+        record["device"] = str(current_device)
+        item.note(
+            "information",
+            "device-current",
+            "" if flow is None else flow.element,
+            f"no device in this resource: the flow is graded with the {current_device} "
+            "recorded for the patient before it (still current)",
+        )
     else:
         record["device"] = str(OxygenDevice.NASAL_CANNULA)
         record["device_not_recorded"] = True
@@ -272,9 +298,19 @@ def _iso(item: Item) -> str:
 
 
 def feed_records(
-    item: Item, *, patient: str, source_system: str, key: str
+    item: Item,
+    *,
+    patient: str,
+    source_system: str,
+    key: str,
+    current_device: OxygenDevice | None = None,
 ) -> list[dict[str, Any]]:
-    """The bedside-feed records of a graded item (none for other actions)."""
+    """The bedside-feed records of a graded item (none for other actions).
+
+    ``current_device``: the oxygen device still current for the patient at the
+    item's time (another resource recorded it); a flow sent without a device
+    is graded with it, and only without one as a nasal cannula, flagged.
+    """
     if item.action != "grade":
         return []
     common: dict[str, Any] = {"source_system": source_system, "patient": patient}
@@ -282,7 +318,7 @@ def feed_records(
         return _administration(item.administration, common, key)
     records = [
         *_vitals(item, common, key),
-        *_oxygen(item, common, key),
+        *_oxygen(item, common, key, current_device),
         *_labs(item, common, key),
     ]
     if not records:

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -35,6 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crsmon.db.audit import QUARANTINE, Actor, patient_chain, record_event
 from crsmon.db.models import ClinicalRecord, InboundItem, Patient, PatientLink
+from crsmon.domain.state import StateSettings
+from crsmon.domain.vocab import OxygenDevice
 from crsmon.intake.parse import Refused, parse_record
 from crsmon.interfaces import hl7v2
 from crsmon.interfaces.readings import (
@@ -208,17 +210,48 @@ class Receipt:
         return any(o.status == "stored" for o in self.outcomes)
 
 
-def _earlier(
+def _versions(
     session: Session, channel: str, identity: str | None
-) -> InboundItem | None:
+) -> list[InboundItem]:
+    """Every earlier item with this identity, oldest first."""
     if identity is None:
-        return None
-    return session.scalar(
-        select(InboundItem)
-        .where(InboundItem.channel == channel, InboundItem.identity == identity)
-        .order_by(InboundItem.id.desc())
+        return []
+    return list(
+        session.scalars(
+            select(InboundItem)
+            .where(InboundItem.channel == channel, InboundItem.identity == identity)
+            .order_by(InboundItem.id)
+        )
+    )
+
+
+RANK = {"final": 1, "amended": 2, "corrected": 2, "F": 1, "C": 2}
+"""A correction outranks an original: an original that arrives after its
+correction (a late or resent message) never replaces it."""
+
+
+def _current_device(
+    session: Session, patient_id: int, at: datetime
+) -> OxygenDevice | None:
+    """The oxygen device recorded for the patient and still current at ``at``
+    (the state builder's 12 h), unless room air or an assumed cannula."""
+    found = session.scalar(
+        select(ClinicalRecord)
+        .where(
+            ClinicalRecord.patient_id == patient_id,
+            ClinicalRecord.kind == "oxygen",
+            ClinicalRecord.retracted_at.is_(None),
+            ClinicalRecord.occurred_at <= at,
+            ClinicalRecord.occurred_at
+            >= at - timedelta(hours=StateSettings().oxygen_valid_h),
+        )
+        .order_by(ClinicalRecord.occurred_at.desc(), ClinicalRecord.id.desc())
         .limit(1)
     )
+    if found is None or found.quality_flags:
+        return None
+    device = OxygenDevice(found.details["device"])
+    return None if device is OxygenDevice.ROOM_AIR else device
 
 
 def _live_keys(session: Session, source_system: str, keys: list[str]) -> list[str]:
@@ -281,35 +314,78 @@ def prepare(
         patient = find_patient(session, refs, pepper)
         pseudonym = None if patient is None else patient.pseudonym
         patient_id = None if patient is None else patient.id
-        earlier = _earlier(session, channel, item.identity)
-        if earlier is not None and earlier.content_hash == digest:
-            return Plan(item, digest, earlier.patient_id, [], duplicate=earlier)
-        replaced = (
-            []
-            if earlier is None or earlier.patient_id != patient_id
-            else _live_keys(session, source_system, [k for _, k in earlier.record_keys])
+        versions = _versions(session, channel, item.identity)
+        same = next((v for v in versions if v.content_hash == digest), None)
+        if same is not None:  # this content was received before, whenever
+            return Plan(item, digest, same.patient_id, [], duplicate=same)
+        current = next(
+            (v for v in reversed(versions) if v.disposition == "graded"), None
         )
+        live = (
+            []
+            if current is None
+            else _live_keys(session, source_system, [k for _, k in current.record_keys])
+        )
+        if (
+            live
+            and current is not None
+            and item.action == "grade"
+            and RANK.get(current.status or "", 1) > RANK.get(item.status or "", 1)
+        ):
+            item.hold(
+                "superseded",
+                "status",
+                "a correction of this observation is already graded: this earlier "
+                "version is kept, not graded",
+            )
+            live = []
+        owner = pseudonym
+        if live and current is not None and current.patient_id != patient_id:
+            # A later version names another patient: the earlier one's records
+            # are withdrawn from the patient they were stored for.
+            earlier = session.scalar(
+                select(Patient).where(Patient.id == current.patient_id)
+            )
+            owner = None if earlier is None else earlier.pseudonym
+            if owner is None:
+                item.note(
+                    "error",
+                    "patient-changed",
+                    _subject(item),
+                    "an earlier version of this resource was received for a "
+                    "patient this key may not write for: refused",
+                )
+        current_device = None
+        if (
+            patient_id is not None
+            and item.at is not None
+            and {v.concept for v in item.values} & {"flow_l_min", "device"}
+            == {"flow_l_min"}
+        ):
+            current_device = _current_device(session, patient_id, item.at)
     if pseudonym is None and item.action != "refuse":
         item.note(
             "error",
             "patient-unlinked",
-            "subject",
+            _subject(item),
             "the patient reference is not linked to a crsmon patient this key "
             "may write for (crsmon links add)",
         )
     key = record_key(item.identity, digest)
     records: list[dict[str, Any]] = []
     if pseudonym is not None and item.action in ("grade", "retract"):
-        if replaced:
+        if live and owner is not None:
             why = (
                 "entered in error or cancelled at the source"
                 if item.action == "retract"
                 else "replaced by a later version of the same resource"
             )
-            at = item.at or _time_of(earlier) or now
+            if owner != pseudonym:
+                why += " (for another patient)"
+            at = item.at or _time_of(current) or now
             records += retractions(
-                replaced,
-                patient=pseudonym,
+                live,
+                patient=owner,
                 source_system=source_system,
                 key=key,
                 at=at,
@@ -325,13 +401,21 @@ def prepare(
                 )
             )
         records += feed_records(
-            item, patient=pseudonym, source_system=source_system, key=key
+            item,
+            patient=pseudonym,
+            source_system=source_system,
+            key=key,
+            current_device=current_device,
         )
     for record in records:
         checked = parse_record(_json(record), now)
         if isinstance(checked, Refused):
-            # The intake names a feed field, not a FHIR element: it goes in the text.
-            item.note("error", "refused", "", f"crsmon feed record {checked.error}")
+            item.note(
+                "error",
+                "refused",
+                _element_of(item, checked.error),
+                f"crsmon feed record {checked.error}",
+            )
     if item.action == "refuse":
         records = []
     return Plan(item, digest, patient_id, records)
@@ -454,6 +538,23 @@ def receive(
     )
 
 
+def _subject(item: Item) -> str:
+    """Where a message names its patient: PID-3 in HL7 v2, else ``subject``."""
+    return "PID-3" if item.resource_type == "OBX" else f"{item.resource_type}.subject"
+
+
+def _element_of(item: Item, error: str | None) -> str:
+    """The element an intake refusal is about: the intake names a feed field
+    (``temperature_c: ...``), which is the concept of one value read."""
+    field_name = (error or "").partition(":")[0]
+    for value in item.values:
+        if value.concept == field_name or (
+            field_name == "temperature_raw" and value.concept == "temperature_c"
+        ):
+            return value.element
+    return ""
+
+
 def _time_of(item: InboundItem | None) -> datetime | None:
     """The time an earlier item was read with (a retraction's own time when
     the entered-in-error version carries none)."""
@@ -495,7 +596,8 @@ def receive_hl7(
         return Hl7Answer("AR", why, hl7v2.ack(text, "AR", why, now))
     actor = Actor(f"hl7:{message.facility}", "bedside")
     receipts = []
-    for item in message.items:
+    for item, refs in zip(message.items, message.refs, strict=True):
+        item.identity = _hl7_identity(sessions, message.facility, refs, item, pepper)
         # Not the control id: the same observation resent in another message
         # is a duplicate, not a new version.
         content = {
@@ -507,7 +609,7 @@ def receive_hl7(
             receive(
                 sessions,
                 item,
-                refs=message.refs,
+                refs=refs,
                 content=content,
                 payload=_redacted_obx(message, item),
                 channel="hl7v2",
@@ -525,6 +627,28 @@ def receive_hl7(
         why = f"{first.element}: {first.text}" if first.element else first.text
         return Hl7Answer("AE", why, hl7v2.ack(text, "AE", why, now), tuple(receipts))
     return Hl7Answer("AA", None, hl7v2.ack(text, "AA", None, now), tuple(receipts))
+
+
+def _hl7_identity(
+    sessions: sessionmaker[Session],
+    facility: str,
+    refs: list[tuple[str, str]],
+    item: Item,
+    pepper: str,
+) -> str:
+    """The keyed identity of one OBX: facility, the linked patient (else its
+    PID-3 references), code, sub-id and time in UTC, under HMAC with the
+    pepper, so no medical record number can be recovered from it."""
+    with sessions() as session:
+        patient = find_patient(session, refs, pepper)
+    who = (
+        f"patient:{patient.id}"
+        if patient is not None
+        else "~".join(sorted(r for _, r in refs))
+    )
+    material = "|".join((facility, who, *item.key_parts))
+    digest = hmac.new(pepper.encode(), material.encode(), hashlib.sha256)
+    return "hl7v2:" + digest.hexdigest()[:40]
 
 
 def _facility_key(facility: str) -> str:

@@ -72,7 +72,7 @@ def test_a_card_per_open_alert_then_feedback_acknowledges(
     for alert in alerts:
         shown = by_alert[alert.id]
         assert len(shown["summary"]) <= 140
-        assert shown["indicator"] == indicator(alert.grade, alert.severity)
+        assert shown["indicator"] == indicator(alert.kind, alert.grade, alert.severity)
         assert shown["source"] == {"label": SOURCE_LABEL}
         assert all(reason in shown["detail"] for reason in alert.reasons)
         assert "as of" in shown["detail"]
@@ -131,3 +131,29 @@ def test_an_unlinked_patient_gets_no_cards_and_bad_calls_are_refused(
         headers={"Authorization": f"Bearer {client.keys['bedside']}"},
     )  # fmt: skip
     assert bystander.status_code == 403
+
+
+def test_only_grade_alerts_take_their_indicator_from_the_grade() -> None:
+    """A data-quality alert raised at a grade-4 moment is still information."""
+    assert indicator("severe_crs", 4, "critical") == "critical"
+    assert indicator("crs_onset", 1, "warning") == "info"
+    assert indicator("crs_escalation", 2, "warning") == "warning"
+    assert indicator("data_quality", 4, "info") == "info"
+    assert indicator("stale_monitoring", 3, "warning") == "warning"
+    assert indicator("high_risk", None, "critical") == "critical"
+
+
+def test_feedback_is_all_or_nothing(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    """A feedback call naming an unknown card acknowledges none of its cards."""
+    setup_patient(client, db_sessions)
+    first = open_alerts(db_sessions)[0]
+    feedback = {"feedback": [
+        {"card": card_uuid(first.id), "outcome": "accepted"},
+        {"card": card_uuid(999_999), "outcome": "accepted"},
+    ]}  # fmt: skip
+    answer = client.post(f"{HOOK}/feedback", json=feedback)
+    assert answer.status_code == 404
+    assert answer.json()["detail"][0]["field"] == "feedback[1].card"
+    assert first.id in {a.id for a in open_alerts(db_sessions)}

@@ -332,7 +332,7 @@ def test_status_unit_patient_and_code_rules(
     stranger = observation("t-4", "8310-5", at(22), 39, "Cel", subject="Patient/other")
     unlinked = post(client, stranger)
     assert unlinked.status_code == 422
-    assert ("error", "patient-unlinked", "subject") in issues(unlinked)
+    assert ("error", "patient-unlinked", "Observation.subject") in issues(unlinked)
     vague = post(client, device("d-1", at(22), "oxygen somehow"))
     assert vague.status_code == 422
     assert ("error", "device-unmapped", "Observation.value") in issues(vague)
@@ -449,7 +449,8 @@ def test_a_transaction_with_an_entry_the_intake_would_refuse_stores_nothing(
         found
     )
     assert ("error", "structure", "Bundle.entry[2].resource.subject") in found
-    assert ("error", "structure", "Bundle.entry[3].resource") in found
+    flow = "Bundle.entry[3].resource.component[0].valueQuantity"
+    assert ("error", "structure", flow) in found  # the flow_l_min refused
     assert ("error", "transaction", "Bundle") in found
     assert count(db_sessions, ClinicalRecord) == 0
     assert grades(client) == {}
@@ -475,3 +476,185 @@ def test_a_resource_is_taken_whole_or_not_at_all(
     assert count(db_sessions, ClinicalRecord) == 0
     assert items(db_sessions)[-1].disposition == "refused"
     assert items(db_sessions)[-1].record_keys == []
+
+
+def live_values(sessions: sessionmaker[Session], quantity: str) -> list[float]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(ClinicalRecord.value).where(
+                    ClinicalRecord.quantity == quantity,
+                    ClinicalRecord.retracted_at.is_(None),
+                )
+            )
+        )
+
+
+def test_versions_arrive_out_of_order(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    """An older version resent after its amendment is a duplicate, never a
+    replacement; an original arriving after its correction is kept, not graded."""
+    enrol(client, db_sessions)
+    first = observation("t-1", "8310-5", at(20), 39.5, "Cel")
+    amended = observation("t-1", "8310-5", at(20), 37.2, "Cel", status="amended")
+    assert post(client, first).status_code == 201
+    assert post(client, amended).status_code == 201
+    again = post(client, first)  # a resend of the original, after the amendment
+    assert again.status_code == 200
+    assert live_values(db_sessions, "temperature_c") == [37.2]
+    corrected = observation("t-2", "8310-5", at(22), 37.0, "Cel", status="corrected")
+    late = observation("t-2", "8310-5", at(22), 39.0, "Cel")
+    assert post(client, corrected).status_code == 201
+    answer = post(client, late)
+    assert answer.status_code == 201
+    assert ("warning", "superseded", "status") in issues(answer)
+    assert sorted(live_values(db_sessions, "temperature_c")) == [37.0, 37.2]
+    assert max(grades(client).values()) == 0
+
+
+def test_an_amendment_naming_another_patient_moves_the_value(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    enrol(client, db_sessions)
+    enrol(client, db_sessions, patient="P-OTHER", ref="Patient/other")
+    wrong = observation("t-1", "8310-5", at(20), 39.5, "Cel")
+    assert post(client, wrong).status_code == 201
+    assert grades(client) == {20.0: 1}
+    moved = wrong | {"status": "amended", "subject": {"reference": "Patient/other"}}
+    assert post(client, moved).status_code == 201
+    assert grades(client).get(20.0, 0) == 0  # withdrawn from the first patient
+    assert grades(client, "P-OTHER") == {20.0: 1}
+
+
+def test_bounds_values_with_absent_reasons_and_bare_retractions(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    """A comparator is a bound (kept, not graded); a value with a
+    dataAbsentReason is refused (obs-6); an entered-in-error with no value
+    still retracts."""
+    enrol(client, db_sessions)
+    below = observation("t-1", "8310-5", at(20), 38.0, "Cel")
+    below["valueQuantity"]["comparator"] = "<"
+    answer = post(client, below)
+    assert answer.status_code == 201
+    assert ("warning", "comparator", "Observation.valueQuantity.comparator") in (
+        issues(answer)
+    )
+    both = observation("t-2", "8310-5", at(20), 39.8, "Cel")
+    both["dataAbsentReason"] = {"coding": [{"code": "unknown"}]}
+    answer = post(client, both)
+    assert answer.status_code == 422
+    assert ("error", "value-and-absent", "Observation.dataAbsentReason") in (
+        issues(answer)
+    )
+    fever = observation("t-3", "8310-5", at(21), 39.1, "Cel")
+    assert post(client, fever).status_code == 201
+    assert grades(client) == {21.0: 1}
+    bare = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:test", "value": "t-3"}],
+        "status": "entered-in-error",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+        "subject": {"reference": "Patient/example"},
+    }
+    assert post(client, bare).status_code == 201
+    assert grades(client).get(21.0, 0) == 0
+
+
+def test_oxygen_flows_without_a_device(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    """0 L/min is room air, never hypoxia; a flow sent without a device while
+    a recorded device is current is graded with that device, not a cannula."""
+    enrol(client, db_sessions)
+    assert post(client, observation("t-1", "8310-5", at(20), 39.0, "Cel")).is_success
+    zero = post(client, spo2_with_flow("s-0", at(21), 98, 0))
+    assert ("information", "flow-zero", "Observation.component[0].valueQuantity") in (
+        issues(zero)
+    )
+    assert grades(client)[21.0] == 1
+    assert post(client, device("d-1", at(22), "CPAP")).status_code == 201
+    assert grades(client)[22.0] == 4
+    later = post(client, spo2_with_flow("s-1", at(22.5), 92, 4))
+    assert (
+        "information",
+        "device-current",
+        "Observation.component[0].valueQuantity",
+    ) in (issues(later))
+    assert grades(client)[22.5] == 4  # still CPAP, not a cannula at 4 L/min
+
+
+def test_infusions_not_done_on_hold_and_ending_before_they_start(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    enrol(client, db_sessions)
+    for resource in (
+        observation("t-1", "8310-5", at(20), 39.2, "Cel"),
+        blood_pressure("bp-1", at(20.5), 70, 40),
+    ):
+        assert post(client, resource).status_code == 201
+    running = administration("ne", "7512", status="in-progress", start=at(21))
+    assert post(client, running).status_code == 201
+    assert grades(client)[21.0] == 3
+    never = administration("ne", "7512", status="not-done", start=at(21))
+    assert post(client, never).status_code == 201  # it was not given after all
+    assert grades(client).get(21.0) == 2
+    epi = administration("epi", "3992", status="in-progress", start=at(23))
+    assert post(client, epi).status_code == 201
+    held = administration("epi", "3992", status="on-hold", start=at(23))
+    assert post(client, held).status_code == 422  # on hold: when did it stop?
+    paused = administration("epi", "3992", status="on-hold", start=at(23), end=at(24))
+    assert post(client, paused).status_code == 201
+    with db_sessions() as session:
+        stops = session.scalars(
+            select(ClinicalRecord).where(ClinicalRecord.kind == "vasopressor_stop")
+        ).all()
+    assert len(stops) == 1
+    backwards = administration(
+        "dop", "3628", status="stopped", start=at(25), end=at(24)
+    )
+    answer = post(client, backwards)
+    assert answer.status_code == 422
+    assert (
+        "error",
+        "end-before-start",
+        "MedicationAdministration.effectivePeriod.end",
+    ) in (issues(answer))
+
+
+def test_a_transaction_with_two_versions_of_one_resource_is_refused(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    enrol(client, db_sessions)
+    sent = bundle(
+        "transaction",
+        administration("ne", "7512", status="in-progress", start=at(21)),
+        administration("ne", "7512", status="completed", start=at(21), end=at(22)),
+    )
+    answer = post(client, sent)
+    assert answer.status_code == 400
+    assert ("error", "structure", "Bundle.entry[1].resource") in issues(answer)
+    assert count(db_sessions, ClinicalRecord) == 0
+
+
+def test_the_kept_payload_holds_only_what_crsmon_reads(
+    client: TestClient, db_sessions: sessionmaker[Session]
+) -> None:
+    """An allowlist: performer, encounter, focus, extensions, notes and free
+    text are never kept (any of them may name the patient)."""
+    enrol(client, db_sessions)
+    sent = observation("t-1", "8310-5", at(20), 38.2, "Cel") | {
+        "performer": [{"reference": "Patient/example", "display": "Amy Shaw"}],
+        "encounter": {"reference": "Encounter/77", "display": "Amy Shaw ward 4"},
+        "focus": [{"reference": "Patient/example"}],
+        "extension": [{"url": "urn:x", "valueString": "MRN ZZCANARY8841"}],
+        "note": [{"text": "Amy Shaw says she feels warm"}],
+    }
+    sent["code"]["text"] = "temperature of Amy Shaw"
+    assert post(client, sent).status_code == 201
+    payload = items(db_sessions)[-1].payload
+    for leak in ("Amy", "Shaw", "ZZCANARY8841", "Patient/example", "Encounter/77"):
+        assert leak not in payload
+    assert '"valueQuantity"' in payload
+    assert '"8310-5"' in payload

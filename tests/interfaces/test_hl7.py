@@ -297,3 +297,109 @@ def test_crsmon_ingest_hl7_reads_a_file_of_messages(
         kinds = set(session.scalars(select(Alert.kind)))
     engine.dispose()
     assert "crs_onset" in kinds
+
+
+def test_a_message_of_two_patients_files_each_obx_with_its_own(
+    hl7_sessions: sessionmaker[Session],
+) -> None:
+    """ORU^R01 may report several patients: each OBX belongs to the PID
+    before it, and the second patient's fever never lands on the first."""
+    now = datetime.now(UTC)
+    record = {
+        "kind": "patient", "source_system": "ehr", "source_record_id": "enrol-b",
+        "patient": "P-HL7-B", "age_years": 9.0, "care_unit": "PICU",
+        "infusion_at": INFUSION.isoformat(),
+    }  # fmt: skip
+    assert ingest_text(hl7_sessions, json.dumps(record), now=now, channel="t").status
+    with hl7_sessions.begin() as session:
+        link_patient(
+            session, kind="identifier", ref="HOSP|MRN-0002", pseudonym="P-HL7-B",
+            pepper=EMBEDDED_PEPPER, actor=Actor("test", "admin"), now=now,
+        )  # fmt: skip
+    when = dtm(at(20))
+    first = oru("TWO-1", obx(1, TEMP_F, "98.6", FAHR, when))
+    second = oru("x", obx(1, TEMP_F, "104.2", FAHR, when), mrn="MRN-0002")
+    both = first + "\r".join(second.split("\r")[1:])  # PID B and its OBX appended
+    answer = send(hl7_sessions, both)
+    assert answer.code == "AA", answer.reason
+    with hl7_sessions() as session:
+        rows = session.execute(
+            select(ClinicalRecord.patient_id, ClinicalRecord.value).where(
+                ClinicalRecord.quantity == "temperature_c",
+                ClinicalRecord.retracted_at.is_(None),
+            )
+        ).all()
+    assert len(rows) == 2
+    assert len({p for p, _ in rows}) == 2  # one each
+    assert sorted(round(v, 1) for _, v in rows) == [37.0, 40.1]
+
+
+def test_corrections_out_of_order_and_repeated_obx(
+    hl7_sessions: sessionmaker[Session],
+) -> None:
+    """F resent after its C is a duplicate; an F arriving after its C is kept,
+    not graded; two OBX of one patient with one code, sub-id and time are AE;
+    the time format does not change an OBX's identity."""
+    when = dtm(at(20).replace(second=0))
+    assert send(hl7_sessions, oru("O-1", obx(1, TEMP_F, "101.3", FAHR, when))).code == (
+        "AA"
+    )
+    minutes = when[:12] + when[14:]  # the same time, written without seconds
+    corrected = oru("O-2", obx(1, TEMP_F, "98.6", FAHR, minutes, status="C"))
+    assert send(hl7_sessions, corrected).code == "AA"
+    resent = send(hl7_sessions, oru("O-3", obx(1, TEMP_F, "101.3", FAHR, when)))
+    assert resent.code == "AA"
+    assert all(r.duplicate for r in resent.receipts)
+
+    def temperatures() -> list[float]:
+        with hl7_sessions() as session:
+            return [
+                round(v, 1)
+                for v in session.scalars(
+                    select(ClinicalRecord.value).where(
+                        ClinicalRecord.quantity == "temperature_c",
+                        ClinicalRecord.retracted_at.is_(None),
+                    )
+                )
+            ]
+
+    assert temperatures() == [37.0]
+    later = dtm(at(22))
+    first_c = oru("O-4", obx(1, TEMP_F, "98.8", FAHR, later, status="C"))
+    assert send(hl7_sessions, first_c).code == "AA"
+    late_f = send(hl7_sessions, oru("O-5", obx(1, TEMP_F, "102.0", FAHR, later)))
+    assert late_f.code == "AA"
+    assert [n.code for n in late_f.receipts[0].notes] == ["superseded"]
+    assert sorted(temperatures()) == [37.0, 37.1]
+    twice = oru("O-6", obx(1, HR, "100", BPM, later), obx(2, HR, "140", BPM, later))
+    answer = send(hl7_sessions, twice)
+    assert answer.code == "AE"
+    assert "OBX-4" in (answer.reason or "")
+
+
+def test_obx_identities_are_keyed_and_acks_carry_reasons_in_msa_3(
+    hl7_sessions: sessionmaker[Session],
+) -> None:
+    """No medical record number can be recovered from a stored identity by
+    hashing guesses; an AR's reason is MSA-3 even without a control id."""
+    import hashlib
+
+    when = dtm(at(20))
+    assert send(hl7_sessions, oru("K-1", obx(1, TEMP_F, "98.6", FAHR, when))).code == (
+        "AA"
+    )
+    with hl7_sessions() as session:
+        (identity,) = session.scalars(select(InboundItem.identity)).all()
+    assert identity is not None
+    for guess in (f"{FACILITY}|HOSP|{MRN}", MRN, f"HOSP|{MRN}"):
+        unkeyed = hashlib.sha256(guess.encode()).hexdigest()[:40]
+        assert unkeyed not in identity
+    assert MRN not in identity
+    no_control = oru("", obx(1, TEMP_F, "98.6", FAHR, when))
+    answer = send(hl7_sessions, no_control)
+    assert answer.code == "AR"
+    fields = msa(answer.ack)
+    assert fields[0] == "AR"
+    assert "MSH-10" in fields[2]
+    garbage = send(hl7_sessions, "not hl7 at all")
+    assert "MSH" in msa(garbage.ack)[2]
