@@ -331,7 +331,7 @@ def test_a_message_of_two_patients_files_each_obx_with_its_own(
         ).all()
     assert len(rows) == 2
     assert len({p for p, _ in rows}) == 2  # one each
-    assert sorted(round(v, 1) for _, v in rows) == [37.0, 40.1]
+    assert sorted(round(v or 0, 1) for _, v in rows) == [37.0, 40.1]
 
 
 def test_corrections_out_of_order_and_repeated_obx(
@@ -354,7 +354,7 @@ def test_corrections_out_of_order_and_repeated_obx(
     def temperatures() -> list[float]:
         with hl7_sessions() as session:
             return [
-                round(v, 1)
+                round(v or 0, 1)
                 for v in session.scalars(
                     select(ClinicalRecord.value).where(
                         ClinicalRecord.quantity == "temperature_c",
