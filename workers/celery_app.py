@@ -59,6 +59,8 @@ GRADE_TASK = "crsmon.grade_patient"
 CHECK_TASK = "crsmon.check_patient"
 DELIVER_TASK = "crsmon.deliver_webhooks"
 SWEEP_TASK = "crsmon.sweep"
+NOOP_TASK = "crsmon.noop"
+"""Does nothing: the benchmark's reference round trip (``crsmon bench``)."""
 QUEUE = "crsmon.grading"
 
 #: Seconds a broker socket may block (connect, send, receive) before it fails.

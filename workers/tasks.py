@@ -48,6 +48,7 @@ from workers.celery_app import (
     CHECK_TASK,
     DELIVER_TASK,
     GRADE_TASK,
+    NOOP_TASK,
     SWEEP_TASK,
     CrsmonCelery,
     soft_time_limit,
@@ -201,6 +202,12 @@ def deliver_webhooks_task(self: Task[Any, Any]) -> dict[str, int]:
     if report.attempted >= limit:  # more may be due: the next batch now, not
         _publish(app, DELIVER_TASK)  # at the next sweep
     return asdict(report)
+
+
+@shared_task(name=NOOP_TASK)
+def noop_task() -> None:
+    """Nothing: the reference round trip of ``crsmon bench`` (publish, consume,
+    ack) on the same broker and worker settings as grading."""
 
 
 @shared_task(bind=True, name=SWEEP_TASK)

@@ -8,6 +8,7 @@ from crsmon import __version__
 from crsmon.api.cli import serve
 from crsmon.cli.analyze import analyze
 from crsmon.cli.audit import audit
+from crsmon.cli.bench import bench
 from crsmon.cli.db import db
 from crsmon.cli.demo import demo
 from crsmon.cli.export import export
@@ -39,6 +40,7 @@ main.add_command(analyze)
 main.add_command(audit)
 main.add_command(db)
 main.add_command(demo)
+main.add_command(bench)
 main.add_command(export)
 main.add_command(grade)
 main.add_command(ingest)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import click
 from sqlalchemy import select
 
-from crsmon.cli.options import rule_set_option
+from crsmon.cli.options import local_actor, rule_set_option
+from crsmon.db.audit import ADMIN, record_event
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.models import Patient
 from crsmon.domain.rules import RuleSet
@@ -22,11 +23,13 @@ def regrade(rule_set: RuleSet) -> None:
     """Regrade every patient's history under --rule-set, writing new grade rows.
 
     Rows of other rule sets are never changed or removed; no alerts are raised.
+    The run is one event in the audit trail (admin chain), not one per row.
     """
     settings = load_settings()
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
     written = 0
+    started = datetime.now(UTC)
     try:
         with sessions() as session:
             patient_ids = list(session.scalars(select(Patient.id).order_by(Patient.id)))
@@ -41,6 +44,22 @@ def regrade(rule_set: RuleSet) -> None:
                     live=False,
                 )
             written += run.grades_written
+        with sessions.begin() as session:  # one event per run, not per row
+            record_event(
+                session,
+                chain=ADMIN,
+                actor=local_actor(),
+                action="regrade",
+                entity="rule_set",
+                entity_id=rule_set.key,
+                now=datetime.now(UTC),
+                details={
+                    "rule_set": rule_set.key,
+                    "patients": len(patient_ids),
+                    "grade_rows_written": written,
+                    "started_at": started.isoformat(),
+                },
+            )
     finally:
         engine.dispose()
     click.echo(
