@@ -15,10 +15,13 @@ from crsmon.db.migrate import upgrade
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.domain.rules import RuleSet
 from crsmon.services.dispatch import InProcessDispatcher
-from crsmon.services.ingest import ingest_text
+from crsmon.services.ingest import ingest_many
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.services.webhooks import WebhookPolicy
 from crsmon.settings import Settings, load_settings
+
+CHUNK_LINES = 1000
+"""Lines stored together (plain records of a chunk share a transaction)."""
 
 
 @click.command()
@@ -68,17 +71,24 @@ def _ingest_and_grade(
     actor = local_actor()
     counts: Counter[str] = Counter()
     touched: set[int] = set()
+    chunk: list[tuple[int | None, str]] = []
+
+    def take() -> None:
+        outcomes = ingest_many(sessions, chunk, now=now, channel="file", actor=actor)
+        for (line_no, _), outcome in zip(chunk, outcomes, strict=True):
+            counts[outcome.status] += 1
+            if outcome.error is not None:
+                click.echo(f"line {line_no}: {outcome.error}", err=True)
+            if outcome.patient_id is not None and outcome.status == "stored":
+                touched.add(outcome.patient_id)
+        chunk.clear()
+
     for line_no, text in enumerate(file, start=1):
-        if not text.strip():
-            continue
-        outcome = ingest_text(
-            sessions, text, now=now, channel="file", line_no=line_no, actor=actor
-        )
-        counts[outcome.status] += 1
-        if outcome.error is not None:
-            click.echo(f"line {line_no}: {outcome.error}", err=True)
-        if outcome.patient_id is not None and outcome.status == "stored":
-            touched.add(outcome.patient_id)
+        if text.strip():
+            chunk.append((line_no, text))
+        if len(chunk) >= CHUNK_LINES:
+            take()
+    take()
     dispatcher = InProcessDispatcher(sessions, rules, policy, webhooks=webhooks)
     dispatcher.notify(touched)
     alerts = sum(len(run.alerts_raised) for run in dispatcher.runs)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -169,6 +169,72 @@ def store_records(
     if moved:  # only ever this patient: see _refuse_other_patients_records
         rebuild_unit_stays(session, patient)
     return Stored(tuple(ids), duplicate=False)
+
+
+def existing_keys(
+    session: Session, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """Which of ``(source_system, source_record_id)`` are stored: their row id
+    and content hash. Unscoped, like :func:`_by_key` (keys are unique across
+    every unit)."""
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    unique = sorted(set(keys))
+    for start in range(0, len(unique), 500):
+        part = unique[start : start + 500]
+        for system, key, row_id, digest in session.execute(
+            select(
+                ClinicalRecord.source_system,
+                ClinicalRecord.source_record_id,
+                ClinicalRecord.id,
+                ClinicalRecord.content_hash,
+            )
+            .where(
+                tuple_(
+                    ClinicalRecord.source_system, ClinicalRecord.source_record_id
+                ).in_(part)
+            )
+            .execution_options(**{UNSCOPED: True})
+        ):
+            found[(system, key)] = (row_id, digest)
+    return found
+
+
+def _key_column() -> Any:
+    return tuple_(ClinicalRecord.source_system, ClinicalRecord.source_record_id)
+
+
+def insert_records(
+    session: Session, rows: list[tuple[Patient, str, RecordRow, str]]
+) -> list[int]:
+    """Insert plain rows (no correction, retraction or move) as pending, in one
+    statement batch; their ids, in order. The caller checked their keys."""
+    if not rows:
+        return []
+    params = [
+        {
+            "patient_id": patient.id,
+            "kind": row.kind,
+            "source_system": system,
+            "source_record_id": row.key,
+            "content_hash": digest,
+            "occurred_at": row.occurred_at,
+            "quantity": row.quantity,
+            "value": row.value,
+            "unit": row.unit,
+            "loinc": row.loinc,
+            "details": row.details,
+            "quality_flags": row.quality_flags,
+            "supersedes_id": None,
+        }
+        for patient, system, row, digest in rows
+    ]
+    result = session.execute(
+        insert(ClinicalRecord).returning(
+            ClinicalRecord.id, sort_by_parameter_order=True
+        ),
+        params,
+    )
+    return [row_id for (row_id,) in result]
 
 
 def _same_record(target: str) -> ColumnElement[bool]:

@@ -15,26 +15,45 @@ enrolment may only name one of the key's units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from crsmon.db.audit import QUARANTINE, SYSTEM, Actor, patient_chain, record_event
+from crsmon.db.audit import (
+    QUARANTINE,
+    SYSTEM,
+    Actor,
+    EventSpec,
+    patient_chain,
+    record_event,
+    record_events,
+)
 from crsmon.db.models import Patient
 from crsmon.db.repository import (
     ConflictError,
     UnknownPatientError,
     content_hash,
     enroll,
+    existing_keys,
+    insert_records,
     patient_by_pseudonym,
     quarantine,
     store_records,
 )
 from crsmon.db.scope import UNSCOPED, session_units
 from crsmon.intake.parse import Refused, parse_record
-from crsmon.intake.schemas import FeedRecord, PatientIn, RetractionIn, TransferIn
+from crsmon.intake.rows import RecordRow
+from crsmon.intake.schemas import (
+    DischargeIn,
+    FeedRecord,
+    PatientIn,
+    RetractionIn,
+    TransferIn,
+)
 from crsmon.schemas.snapshot import MAX_T_HOURS
 
 
@@ -73,6 +92,187 @@ def ingest_text(
         status = "conflict" if isinstance(exc, ConflictError) else "refused"
         outcome = _refuse(sessions, refused, text, channel, line_no, actor, now)
         return Outcome(status, error=outcome.error)
+
+
+def ingest_many(
+    sessions: sessionmaker[Session],
+    lines: Sequence[tuple[int | None, str]],
+    *,
+    now: datetime,
+    channel: str,
+    actor: Actor = SYSTEM,
+) -> list[Outcome]:
+    """Many records, each taken exactly as :func:`ingest_text` would take it.
+
+    ``lines``: ``(line_no, text)`` in order. Runs of consecutive *plain*
+    records (a measurement, oxygen, a drug, a lab, an outcome: anything but an
+    enrolment, a correction, a retraction, a transfer or a discharge) are
+    stored together in one transaction with one audit event per patient, so a
+    batch costs a few statements instead of a few per record. The other
+    records, and any record of a run that cannot be stored there (a patient
+    not enrolled, a key used before with other content, a time far from the
+    infusion), are taken one at a time, in order, with their own refusals.
+    """
+    outcomes: list[Outcome | None] = [None] * len(lines)
+    run: list[tuple[int, FeedRecord]] = []
+
+    def flush() -> None:
+        for i, outcome in _store_run(sessions, run, actor, now, channel, lines):
+            outcomes[i] = outcome
+        run.clear()
+
+    for i, (line_no, text) in enumerate(lines):
+        parsed = parse_record(text, now)
+        if isinstance(parsed, Refused):
+            outcomes[i] = _refuse(sessions, parsed, text, channel, line_no, actor, now)
+        elif _plain(parsed):
+            run.append((i, parsed))
+        else:
+            flush()
+            outcomes[i] = _store_one(
+                sessions, parsed, text, channel, line_no, actor, now
+            )
+    flush()
+    return [o for o in outcomes if o is not None]
+
+
+def _plain(record: FeedRecord) -> bool:
+    """Stored alone, touching nothing else: the grouped path takes it."""
+    return (
+        not isinstance(record, PatientIn | RetractionIn | TransferIn | DischargeIn)
+        and getattr(record, "supersedes", None) is None
+    )
+
+
+def _store_one(
+    sessions: sessionmaker[Session],
+    parsed: FeedRecord,
+    text: str,
+    channel: str,
+    line_no: int | None,
+    actor: Actor,
+    now: datetime,
+) -> Outcome:
+    try:
+        with sessions.begin() as session:
+            return _store(session, parsed, actor, now, channel)
+    except (ConflictError, UnknownPatientError, RecordRefused) as exc:
+        refused = Refused(str(exc), parsed.source_system, parsed.source_record_id)
+        status = "conflict" if isinstance(exc, ConflictError) else "refused"
+        outcome = _refuse(sessions, refused, text, channel, line_no, actor, now)
+        return Outcome(status, error=outcome.error)
+
+
+def _store_run(
+    sessions: sessionmaker[Session],
+    run: list[tuple[int, FeedRecord]],
+    actor: Actor,
+    now: datetime,
+    channel: str,
+    lines: Sequence[tuple[int | None, str]],
+) -> list[tuple[int, Outcome]]:
+    """Store a run of plain records in one transaction; the records it could
+    not take go one at a time afterwards (their refusal, or their store)."""
+    if not run:
+        return []
+    done: list[tuple[int, Outcome]] = []
+    alone: list[tuple[int, FeedRecord]] = []
+    with sessions.begin() as session:
+        pseudonyms = sorted({getattr(r, "patient", "") for _, r in run})
+        patients = {
+            p.pseudonym: p
+            for p in session.scalars(
+                select(Patient).where(Patient.pseudonym.in_(pseudonyms))
+            )
+        }
+        Planned = tuple[int, FeedRecord, Patient, list[RecordRow], str]
+        planned: list[Planned] = []
+        for i, record in run:
+            patient = patients.get(getattr(record, "patient", ""))
+            if (
+                isinstance(record, PatientIn)  # never plain: for mypy
+                or patient is None
+                or not _in_course(record, patient)
+            ):
+                alone.append((i, record))  # refused there, with its reason
+                continue
+            digest = content_hash(record.model_dump(mode="json"))
+            planned.append((i, record, patient, record.rows(), digest))
+        found = existing_keys(
+            session,
+            [
+                (r.source_system, row.key)
+                for _, r, _, rows, _ in planned
+                for row in rows
+            ],
+        )
+        new: list[tuple[int, FeedRecord, Patient, list[RecordRow], str]] = []
+        claimed: set[tuple[str, str]] = set()
+        for entry in planned:
+            i, record, patient, rows, digest = entry
+            keys = [(record.source_system, row.key) for row in rows]
+            if any(k in found or k in claimed for k in keys):
+                same = [found.get(k) for k in keys]
+                if all(f is not None and f[1] == digest for f in same):
+                    known = tuple(f[0] for f in same if f is not None)
+                    done.append((i, Outcome("duplicate", patient.id, known)))
+                else:
+                    alone.append((i, record))  # a conflict, or a repeat in this run
+                continue
+            claimed.update(keys)
+            new.append(entry)
+        ids = insert_records(
+            session,
+            [
+                (patient, record.source_system, row, digest)
+                for _, record, patient, rows, digest in new
+                for row in rows
+            ],
+        )
+        events: dict[int, dict[str, Any]] = {}
+        at = 0
+        for i, record, patient, rows, digest in new:
+            record_ids: list[int] = ids[at : at + len(rows)]
+            at += len(rows)
+            done.append((i, Outcome("stored", patient.id, tuple(record_ids))))
+            event = events.setdefault(
+                patient.id,
+                {"kind": "batch", "record_ids": [], "records": [], "channel": channel},
+            )
+            event["record_ids"] += record_ids
+            event["records"].append(
+                {"kind": record.kind, "record_ids": record_ids, "content_hash": digest}
+            )
+        record_events(
+            session,
+            [
+                EventSpec(
+                    chain=patient_chain(pid),
+                    action="create",
+                    entity="clinical_record",
+                    entity_id=details["record_ids"][0],
+                    patient_id=pid,
+                    details=details,
+                )
+                for pid, details in sorted(events.items())
+            ],
+            actor=actor,
+            now=now,
+        )
+    for i, record in alone:
+        line_no, text = lines[i]
+        done.append(
+            (i, _store_one(sessions, record, text, channel, line_no, actor, now))
+        )
+    return done
+
+
+def _in_course(record: FeedRecord, patient: Patient) -> bool:
+    try:
+        _within_course(record, patient)
+    except RecordRefused:
+        return False
+    return True
 
 
 def _enrol(session: Session, record: PatientIn) -> tuple[Patient, bool]:
