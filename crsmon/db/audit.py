@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from crsmon.db.models import AuditEvent
@@ -217,8 +217,10 @@ def record_events(
         row.hash = event_hash(row)
         heads[spec.chain] = (seq + 1, row.hash)
         rows.append(row)
-    session.add_all(rows)
-    session.flush()
+    columns = [c.key for c in AuditEvent.__table__.columns if c.key != "id"]
+    session.execute(
+        insert(AuditEvent), [{c: getattr(r, c) for c in columns} for r in rows]
+    )
     return len(rows)
 
 
