@@ -45,7 +45,7 @@ from crsmon.auth.policy import rule_for
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.intake.schemas import FeedRecord
-from crsmon.risk.scoring import load_scorer
+from crsmon.risk.scoring import load_scorer, model_status
 from crsmon.services.dispatch import (
     BackgroundDispatcher,
     Dispatcher,
@@ -209,7 +209,12 @@ def create_app(
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
     dispatcher = (dispatcher_factory or default_dispatcher)(sessions, settings)
-    _, risk_status = load_scorer(settings.risk_model_dir, settings.risk_threshold)
+    if settings.broker_url:
+        # The workers score; the API only says which model they will use
+        # (checked, not loaded: scikit-learn stays out of the API process).
+        risk_status = model_status(settings.risk_model_dir, settings.risk_threshold)
+    else:
+        _, risk_status = load_scorer(settings.risk_model_dir, settings.risk_threshold)
     context = AppContext(
         settings,
         engine,

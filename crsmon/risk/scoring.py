@@ -195,6 +195,42 @@ def _raw(row: NDArray[Any], j: int) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
+def model_status(directory: Path | None, threshold: float | None) -> str:
+    """The ``/health/ready`` line of a process that does not score (the API
+    with a broker: the workers score): the manifest read and the file checked
+    against its SHA-256, without loading scikit-learn or the model. A model
+    the workers would refuse for its library version is refused here too."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    if directory is None:
+        return "not configured"
+    manifest_path = directory / f"{SERVICE_MODEL}.json"
+    if not manifest_path.is_file():
+        return f"not configured (no {manifest_path.name} in the model directory)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        content = (directory / manifest["file"]).read_bytes()
+        expected = str(manifest["sha256"])
+        trained = str(manifest["versions"]["scikit-learn"])
+        chosen = float(
+            threshold if threshold is not None else manifest["default_threshold"]
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"refused (manifest: unreadable ({type(exc).__name__}))"
+    if hashlib.sha256(content).hexdigest() != expected:
+        return "refused (sha256: the model file does not match its manifest)"
+    installed = version("scikit-learn")
+    if trained.split(".")[:2] != installed.split(".")[:2]:
+        return (
+            f"refused (versions: trained with scikit-learn {trained}, "
+            f"this is {installed})"
+        )
+    key = f"{manifest.get('name', SERVICE_MODEL)}@{expected[:12]}"
+    return f"ok ({key}, threshold {chosen:.3f}; scored by the workers)"
+
+
 def load_scorer(
     directory: Path | None, threshold: float | None
 ) -> tuple[RiskScorer | None, str]:

@@ -234,3 +234,30 @@ def test_metrics_on_known_scores() -> None:
         evaluate_scores(np.zeros(5, dtype=np.int64), np.zeros(5))
     assert (median([]), median([1.0, 3.0])) == (None, 2.0)
     assert (finite_or_none(float("nan")), finite_or_none(2.0)) == (None, 2.0)
+
+
+def test_the_api_status_names_the_model_the_workers_load(tmp_path: Path) -> None:
+    """``model_status`` (the API with a broker) checks the shipped model without
+    loading it, and says what ``load_scorer`` says of it; a tampered copy and
+    a missing manifest are refused or not configured, as there."""
+    import shutil
+
+    from crsmon.risk.scoring import load_scorer, model_status
+
+    shipped = Path(__file__).parents[2] / "models"
+    scorer, loaded = load_scorer(shipped, None)
+    assert scorer is not None
+    said = model_status(shipped, None)
+    assert said.startswith(loaded.removesuffix(")"))
+    assert said.endswith("scored by the workers)")
+    assert model_status(shipped, 0.5) == (
+        f"ok ({scorer.key}, threshold 0.500; scored by the workers)"
+    )
+    copy = tmp_path / "models"
+    shutil.copytree(shipped, copy)
+    (copy / "dynamic_48h.skops").write_bytes(b"tampered")
+    assert model_status(copy, None) == (
+        "refused (sha256: the model file does not match its manifest)"
+    )
+    assert model_status(None, None) == "not configured"
+    assert model_status(tmp_path, None).startswith("not configured (no ")
