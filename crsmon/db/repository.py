@@ -252,7 +252,7 @@ def insert_records(
     return [row_id for (row_id,) in result]
 
 
-def _same_record(target: str) -> ColumnElement[bool]:
+def same_record(target: str) -> ColumnElement[bool]:
     """The stored rows of one sent record (a vitals set: ``<id>#<quantity>``)."""
     return or_(
         ClinicalRecord.source_record_id == target,
@@ -277,7 +277,7 @@ def _refuse_other_patients_records(
     for field, target in checks:
         owners = session.scalars(
             select(ClinicalRecord.patient_id)
-            .where(ClinicalRecord.source_system == system, _same_record(target))
+            .where(ClinicalRecord.source_system == system, same_record(target))
             .execution_options(**{UNSCOPED: True})  # other units' records too
         ).all()
         if any(owner != patient.id for owner in owners):
@@ -318,10 +318,10 @@ def _apply_retraction(session: Session, system: str, row: RecordRow) -> set[int]
     """Mark the target retracted; the patients whose unit stays it moves."""
     if row.kind != "retraction":
         return set()
-    same_record = _same_record(row.details["target_record_id"])
+    targeted = same_record(row.details["target_record_id"])
     where = (
         ClinicalRecord.source_system == system,
-        same_record,
+        targeted,
         ClinicalRecord.retracted_at.is_(None),
     )
     targets = session.scalars(select(ClinicalRecord).where(*where)).all()

@@ -21,9 +21,11 @@ record behind every value it used (``sources``).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Generic, TypeVar
 
 from crsmon.domain.records import (
     BolusRecord,
@@ -85,42 +87,86 @@ def age_years_at(timeline: PatientTimeline, at: datetime) -> float:
     return timeline.age_years_at_infusion + elapsed_days / _DAYS_PER_YEAR
 
 
-def _within(
-    records: Iterable[Measurement], at: datetime, hours: float
-) -> list[Measurement]:
-    since = at - timedelta(hours=hours)
-    return [m for m in records if since <= m.observed_at <= at]
+R = TypeVar("R", Measurement, OxygenRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class _Series(Generic[R]):
+    """Records of one kind sorted by time (stable: equal times keep the
+    timeline's order), with their times, for window look-ups by bisection."""
+
+    times: tuple[datetime, ...]
+    records: tuple[R, ...]
+
+    def window(self, since: datetime, at: datetime) -> range:
+        """Positions of the records with ``since <= time <= at``."""
+        return range(bisect_left(self.times, since), bisect_right(self.times, at))
+
+    def first_latest(self, upto: int) -> int | None:
+        """Of the records before position ``upto``, the position of the first
+        (in timeline order) of those at the latest time, as ``max`` by time
+        over the timeline would choose."""
+        if upto <= 0:
+            return None
+        return bisect_left(self.times, self.times[upto - 1], 0, upto)
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """A timeline's measurements by quantity, and its oxygen, sorted by time."""
+
+    measurements: dict[Quantity, _Series[Measurement]]
+    oxygen: _Series[OxygenRecord]
+
+    @classmethod
+    def of(cls, timeline: PatientTimeline) -> _Index:
+        by_quantity: dict[Quantity, list[Measurement]] = {}
+        for m in timeline.measurements:
+            by_quantity.setdefault(m.quantity, []).append(m)
+        series: dict[Quantity, _Series[Measurement]] = {}
+        for quantity, found in by_quantity.items():
+            ordered = sorted(found, key=lambda m: m.observed_at)
+            series[quantity] = _Series(
+                tuple(m.observed_at for m in ordered), tuple(ordered)
+            )
+        oxygen = sorted(timeline.oxygen, key=lambda o: o.observed_at)
+        return cls(series, _Series(tuple(o.observed_at for o in oxygen), tuple(oxygen)))
+
+    def series(self, quantity: Quantity) -> _Series[Measurement]:
+        return self.measurements.get(quantity, _NO_MEASUREMENTS)
+
+
+_NO_MEASUREMENTS: _Series[Measurement] = _Series((), ())
 
 
 def _latest(
-    timeline: PatientTimeline, quantity: Quantity, at: datetime, hours: float
+    index: _Index, quantity: Quantity, at: datetime, hours: float
 ) -> Measurement | None:
-    found = _within(
-        (m for m in timeline.measurements if m.quantity is quantity), at, hours
-    )
-    return max(found, key=lambda m: m.observed_at, default=None)
+    series = index.series(quantity)
+    found = series.window(at - timedelta(hours=hours), at)
+    if not found:
+        return None
+    first = series.first_latest(found.stop)
+    return None if first is None else series.records[first]
 
 
 def _highest_temperature(
-    timeline: PatientTimeline, at: datetime, hours: float
+    index: _Index, at: datetime, hours: float
 ) -> Measurement | None:
-    temperatures = (
-        m for m in timeline.measurements if m.quantity is Quantity.TEMPERATURE_C
-    )
+    series = index.series(Quantity.TEMPERATURE_C)
+    window = series.window(at - timedelta(hours=hours), at)
+    found = series.records[window.start : window.stop]
     # Ties on value go to the latest reading, so the source is the most recent.
-    return max(
-        _within(temperatures, at, hours),
-        key=lambda m: (m.value, m.observed_at),
-        default=None,
-    )
+    return max(found, key=lambda m: (m.value, m.observed_at), default=None)
 
 
-def _oxygen(
-    timeline: PatientTimeline, at: datetime, hours: float
-) -> OxygenRecord | None:
-    known = [o for o in timeline.oxygen if o.observed_at <= at]
-    latest = max(known, key=lambda o: o.observed_at, default=None)
-    if latest is None or at - latest.observed_at > timedelta(hours=hours):
+def _oxygen(index: _Index, at: datetime, hours: float) -> OxygenRecord | None:
+    series = index.oxygen
+    first = series.first_latest(bisect_right(series.times, at))
+    if first is None:
+        return None
+    latest = series.records[first]
+    if at - latest.observed_at > timedelta(hours=hours):
         return None
     return latest
 
@@ -161,6 +207,12 @@ def snapshot_at(
     timeline: PatientTimeline, at: datetime, settings: StateSettings
 ) -> Snapshot:
     """The assessment snapshot of the patient at ``at``, built from records up to it."""
+    return _snapshot_at(timeline, _Index.of(timeline), at, settings)
+
+
+def _snapshot_at(
+    timeline: PatientTimeline, index: _Index, at: datetime, settings: StateSettings
+) -> Snapshot:
     sources: dict[str, str] = {}
 
     def used(name: str, record: Measurement | None) -> float | None:
@@ -171,14 +223,14 @@ def snapshot_at(
 
     s = settings
     temperature = used(
-        "temperature_c", _highest_temperature(timeline, at, s.temperature_lookback_h)
+        "temperature_c", _highest_temperature(index, at, s.temperature_lookback_h)
     )
     bp = {
-        q.value: used(q.value, _latest(timeline, q, at, s.blood_pressure_max_age_h))
+        q.value: used(q.value, _latest(index, q, at, s.blood_pressure_max_age_h))
         for q in (Quantity.SBP_MMHG, Quantity.DBP_MMHG, Quantity.MAP_MMHG)
     }
-    spo2 = used("spo2_pct", _latest(timeline, Quantity.SPO2_PCT, at, s.spo2_max_age_h))
-    oxygen = _oxygen(timeline, at, s.oxygen_valid_h)
+    spo2 = used("spo2_pct", _latest(index, Quantity.SPO2_PCT, at, s.spo2_max_age_h))
+    oxygen = _oxygen(index, at, s.oxygen_valid_h)
     if oxygen is not None:
         sources["oxygen"] = oxygen.record_id
     running = _running_infusions(timeline, at)
@@ -251,7 +303,8 @@ def episode_until(
     engine derives the fever waiver (§5.3) itself.
     """
     times = set(record_times(timeline, until)) | {t for t in extra_times if t <= until}
-    snapshots = tuple(snapshot_at(timeline, t, settings) for t in sorted(times))
+    index = _Index.of(timeline)
+    snapshots = tuple(_snapshot_at(timeline, index, t, settings) for t in sorted(times))
     episode = Episode(
         age_years=age_years_at(timeline, timeline.infusion_at),
         observations=tuple(s.assessment for s in snapshots),

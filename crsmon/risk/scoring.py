@@ -100,13 +100,17 @@ class RiskScorer:
         baseline: PatientBaseline,
         timeline: PatientTimeline,
         moments: Sequence[tuple[float, int]],
+        *,
+        from_t: float | None = None,
     ) -> list[RiskPoint]:
-        """Scores at each (t_hours, grade) from infusion on, until grade >= 3."""
+        """Scores at each (t_hours, grade) from infusion on, until grade >= 3;
+        with ``from_t``, only the moments from then on (the earlier ones are
+        scored already; the cut at grade >= 3 still counts every moment)."""
         chosen: list[tuple[float, int]] = []
         for t, grade in moments:
             if grade > MAX_DYNAMIC_GRADE:
                 break  # the model predicts reaching grade 3, not beyond it
-            if t >= 0:
+            if t >= 0 and (from_t is None or t >= from_t):
                 chosen.append((t, grade))
         if not chosen:
             return []

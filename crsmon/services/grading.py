@@ -39,7 +39,12 @@ from crsmon.db.models import (
     UnitStay,
     WebhookDelivery,
 )
-from crsmon.db.repository import content_hash, current_records, timeline_from
+from crsmon.db.repository import (
+    content_hash,
+    current_records,
+    same_record,
+    timeline_from,
+)
 from crsmon.domain.alerts import AlertDecision, RecordFlag, decide_alerts
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.records import BLOOD_PRESSURE, PatientTimeline, Quantity
@@ -119,8 +124,14 @@ def grade_patient(
         raise LookupError(f"patient {patient_id} does not exist")
     records = current_records(session, patient_id)
     timeline = timeline_from(patient, records)
-    latest = max((r.occurred_at for r in _pending(session, patient_id)), default=now)
+    pending = list(_pending(session, patient_id))
+    latest = max((r.occurred_at for r in pending), default=now)
     until = max(now, latest)  # a record a few minutes ahead of the server clock
+    # Only moments from the earliest time the pending records touch can
+    # change: a snapshot reads records up to its time, and the episode carries
+    # context forward (onset, waivers), never back. Earlier moments keep their
+    # rows; a run with nothing pending (or a regrade) looks at every moment.
+    since = affected_from(session, pending) if live and pending else None
     graded_before = session.scalars(
         select(Grade.evaluated_at)
         .where(Grade.patient_id == patient_id, Grade.rule_set == rules.key)
@@ -135,9 +146,20 @@ def grade_patient(
     if scorer is not None:
         moments = [(o.t_hours, o.result.grade) for o in result.observations]
         baseline = baseline_of(patient, timeline)
-        points = {p.t_hours: p for p in scorer.score(baseline, timeline, moments)}
+        from_t = None if since is None else hours_since_infusion(timeline, since)
+        points = {
+            p.t_hours: p
+            for p in scorer.score(baseline, timeline, moments, from_t=from_t)
+        }
     written = _write_grades(
-        session, patient_id, rules, result.observations, snapshots, points, scorer
+        session,
+        patient_id,
+        rules,
+        result.observations,
+        snapshots,
+        points,
+        scorer,
+        since=since,
     )
     if not live:
         return GradingRun(written, (), 0)
@@ -162,6 +184,9 @@ def grade_patient(
             ClinicalRecord.grading_state == "pending",
         )
         .values(grading_state="graded", graded_at=_database_now(session))
+        # Nothing in this session reads the state back: no in-Python
+        # evaluation of the criteria over every loaded record.
+        .execution_options(synchronize_session=False)
     )
     return GradingRun(written, raised, cast(CursorResult[Any], graded).rowcount)
 
@@ -198,6 +223,27 @@ def _pending(session: Session, patient_id: int) -> Iterable[ClinicalRecord]:
     )
 
 
+def affected_from(session: Session, pending: list[ClinicalRecord]) -> datetime:
+    """The earliest time the pending records change: their own times, and
+    the times of the records a pending correction supersedes or a pending
+    retraction withdraws."""
+    times = [r.occurred_at for r in pending]
+    superseded = [r.supersedes_id for r in pending if r.supersedes_id is not None]
+    if superseded:
+        times += session.scalars(
+            select(ClinicalRecord.occurred_at).where(ClinicalRecord.id.in_(superseded))
+        )
+    for r in pending:
+        if r.kind == "retraction":
+            times += session.scalars(
+                select(ClinicalRecord.occurred_at).where(
+                    ClinicalRecord.source_system == r.source_system,
+                    same_record(r.details["target_record_id"]),
+                )
+            )
+    return min(times)
+
+
 def _write_grades(
     session: Session,
     patient_id: int,
@@ -206,6 +252,8 @@ def _write_grades(
     snapshots: tuple[Snapshot, ...],
     points: dict[float, RiskPoint],
     scorer: RiskScorer | None,
+    *,
+    since: datetime | None = None,
 ) -> int:
     """Write a row for each moment whose derivation differs from the newest row
     at its time.
@@ -220,16 +268,19 @@ def _write_grades(
     :func:`grade_patient`), so no other run can add rows here meanwhile.
     """
     newest: dict[datetime, tuple[tuple[str, int, list[Any]], int]] = {}
-    for at, digest, grade, reasons in session.execute(
-        select(Grade.evaluated_at, Grade.snapshot_hash, Grade.grade, Grade.reasons)
-        .where(Grade.patient_id == patient_id, Grade.rule_set == rules.key)
-        .order_by(Grade.id)
-    ):
+    stored = select(
+        Grade.evaluated_at, Grade.snapshot_hash, Grade.grade, Grade.reasons
+    ).where(Grade.patient_id == patient_id, Grade.rule_set == rules.key)
+    if since is not None:
+        stored = stored.where(Grade.evaluated_at >= since)
+    for at, digest, grade, reasons in session.execute(stored.order_by(Grade.id)):
         rows = newest.get(at, (("", 0, []), 0))[1]
         newest[at] = ((digest, grade, list(reasons)), rows + 1)
     written = 0
     for obs in observations:
         snapshot = snapshots[obs.input_index]
+        if since is not None and snapshot.at < since:
+            continue  # untouched by the pending records: its row stands
         payload = snapshot_json(snapshot)
         digest = content_hash(payload)
         derived = (digest, obs.result.grade, [r.text for r in obs.result.reasons])
