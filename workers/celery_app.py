@@ -104,6 +104,7 @@ class CrsmonCelery(Celery):
     crsmon_settings: Settings
     _setup: GradingSetup | None = None
     _runtime: Runtime | None = None
+    _marks: Any = None
 
     def grading_setup(self) -> GradingSetup:
         """The rule set and policies of this app (loaded on first use)."""
@@ -115,6 +116,22 @@ class CrsmonCelery(Celery):
                 webhooks=WebhookPolicy.from_settings(settings),
             )
         return self._setup
+
+    def queued_marks(self) -> Any:
+        """A Redis client on the broker for the queued marks (None if the
+        broker is not Redis); one per process, made on first use."""
+        url = str(self.conf.broker_url or "")
+        if not url.startswith(("redis://", "rediss://")):
+            return None
+        if self._marks is None:
+            import redis
+
+            self._marks = redis.Redis.from_url(
+                url,
+                socket_timeout=BROKER_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=BROKER_SOCKET_TIMEOUT_S,
+            )
+        return self._marks
 
     def runtime(self) -> Runtime:
         """This process's engine and grading context (created on first use)."""
@@ -159,6 +176,7 @@ class CrsmonCelery(Celery):
     def on_worker_process_init(self, **_: Any) -> None:
         """Signal receiver: a new prefork child must not reuse inherited connections."""
         self.dispose_runtime(close=False)
+        self._marks = None
 
     def on_worker_process_shutdown(self, **_: Any) -> None:
         """Signal receiver: close this child's connections on the way out."""

@@ -45,10 +45,12 @@ from crsmon.domain.alerts import AlertDecision
 from crsmon.services.webhooks import deliver_due
 from crsmon.settings import Settings
 from workers.celery_app import (
+    BROKER_SOCKET_TIMEOUT_S,
     CHECK_TASK,
     DELIVER_TASK,
     GRADE_TASK,
     NOOP_TASK,
+    QUEUE,
     SWEEP_TASK,
     CrsmonCelery,
     soft_time_limit,
@@ -125,6 +127,7 @@ def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
     """Grade every pending record of one patient (idempotent; ids only)."""
     app = crsmon_app(self.app)
     context = app.runtime().context
+    _started(app, patient_id)
     try:
         result = grade_pending(
             context,
@@ -137,6 +140,18 @@ def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
     if result.run is not None:
         _push_if_severe(app, context, result.run.alerts_raised)
     return result.summary()
+
+
+def _started(app: CrsmonCelery, patient_id: int) -> None:
+    """Clear the patient's queued mark before looking for pending records (see
+    :class:`CeleryDispatcher`): a record committed after this gets a message."""
+    marks = app.queued_marks()
+    if marks is None:
+        return
+    try:
+        marks.delete(queued_key(patient_id))
+    except Exception as exc:  # the mark expires on its own
+        logger.warning("queued mark not cleared (%s)", type(exc).__name__)
 
 
 def _retry_or_fail(task: Task[Any, Any], patient_id: int, exc: Exception) -> NoReturn:
@@ -221,7 +236,7 @@ def sweep(self: Task[Any, Any]) -> dict[str, int]:
     patients = stale_patients(
         context.sessions, older_than=cutoff, limit=SWEEP_BATCH_PATIENTS
     )
-    dispatcher = CeleryDispatcher(app)
+    dispatcher = CeleryDispatcher(app, dedup=True)
     dispatcher.notify(patients)
     quiet = quiet_patients(context, now=now, limit=SWEEP_BATCH_PATIENTS)
     checks = sum(_publish(app, CHECK_TASK, pid) for pid in quiet)
@@ -235,6 +250,17 @@ def sweep(self: Task[Any, Any]) -> dict[str, int]:
     }
 
 
+def queued_key(patient_id: int) -> str:
+    """The broker key that says "a grading message for this patient is queued
+    and not yet started" (``CeleryDispatcher(dedup=True)``)."""
+    return f"{QUEUE}:queued:{patient_id}"
+
+
+QUEUED_TTL_S = 60
+"""How long a queued mark lives at most: a lost message or a long queue costs
+a duplicate message after this, never a missed grading."""
+
+
 class CeleryDispatcher:
     """The :class:`crsmon.services.dispatch.Dispatcher` that sends grading messages.
 
@@ -244,20 +270,66 @@ class CeleryDispatcher:
     records are already pending in the database and the sweeper will find them.
     After the first failure the rest of the batch is skipped, so a dead broker
     costs one timeout per call, not one per patient.
+
+    With ``dedup``, a patient whose message is still queued gets no second one:
+    each publish first sets the patient's queued mark on the broker (``SET NX``
+    with a TTL, one round trip for the batch), and the task deletes the mark
+    before it looks for pending records, so a record committed before a
+    skipped publish is always seen by the queued message. The mark is only an
+    economy: lost, expired or never set, it costs a duplicate message, which
+    grades nothing twice.
     """
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, dedup: bool = False) -> None:
         self.app = app
         self.published = 0
+        self.skipped = 0
+        """Patients not published because their message was still queued."""
+        url = str(app.conf.broker_url or "")
+        self._marks: Any = None
+        if dedup and url.startswith(("redis://", "rediss://")):
+            import redis
+
+            self._marks = redis.Redis.from_url(
+                url,
+                socket_timeout=BROKER_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=BROKER_SOCKET_TIMEOUT_S,
+            )
 
     def close(self) -> None:
         """Release the app's broker connections (at shutdown)."""
+        if self._marks is not None:
+            self._marks.close()
         self.app.close()
+
+    def _unqueued(self, todo: list[int]) -> list[int]:
+        """The patients without a queued message (their marks now set)."""
+        if self._marks is None or not todo:
+            return todo
+        try:
+            pipe = self._marks.pipeline(transaction=False)
+            for patient_id in todo:
+                pipe.set(queued_key(patient_id), b"1", nx=True, ex=QUEUED_TTL_S)
+            marked = pipe.execute()
+        except Exception as exc:  # no marks: publish them all
+            logger.warning("queued marks unavailable (%s)", type(exc).__name__)
+            return todo
+        fresh = [p for p, ok in zip(todo, marked, strict=True) if ok]
+        self.skipped += len(todo) - len(fresh)
+        return fresh
+
+    def _unmark(self, patient_ids: list[int]) -> None:
+        if self._marks is None or not patient_ids:
+            return
+        try:
+            self._marks.delete(*(queued_key(p) for p in patient_ids))
+        except Exception as exc:
+            logger.warning("queued marks not cleared (%s)", type(exc).__name__)
 
     def notify(self, patient_ids: Iterable[int]) -> None:
         """Send one ``crsmon.grade_patient`` message per distinct patient."""
         task = self.app.tasks[GRADE_TASK]
-        todo = sorted(set(patient_ids))
+        todo = self._unqueued(sorted(set(patient_ids)))
         for done, patient_id in enumerate(todo):
             try:
                 task.delay(patient_id)
@@ -268,5 +340,6 @@ class CeleryDispatcher:
                     type(exc).__name__,
                     len(todo) - done,
                 )
+                self._unmark(todo[done:])  # so the sweeper's publish is not skipped
                 return
             self.published += 1

@@ -348,6 +348,7 @@ def bench_latency(
     started = time.monotonic()
     next_tick = started
     i = 0
+    seq: dict[str, int] = dict.fromkeys(names, 0)  # each patient's own minutes
     with httpx.Client(timeout=60) as client:
         while i < total:
             n = max(1, round(records_per_s * tick_s))
@@ -356,8 +357,11 @@ def bench_latency(
             for j in range(i, min(total, i + n)):
                 name = fever_index.get(j)
                 patient = name if name is not None else names[j % patients]
+                seq[patient] += 1
                 lines.append(
-                    vitals(patient, j, infusion, fever=name is not None, rng=rng)
+                    vitals(
+                        patient, seq[patient], infusion, fever=name is not None, rng=rng
+                    )
                 )
                 if name is not None:
                     fevers.append(name)

@@ -22,7 +22,13 @@ from conftest import guards_off
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from worker_harness import Effects, assert_no_duplicates, ingest_all, patient_feed
+from worker_harness import (
+    Effects,
+    RedisServer,
+    assert_no_duplicates,
+    ingest_all,
+    patient_feed,
+)
 
 import workers.celery_app
 import workers.jobs
@@ -35,6 +41,7 @@ from workers.celery_app import (
     CHECK_TASK,
     DELIVER_TASK,
     GRADE_TASK,
+    QUEUE,
     SWEEP_TASK,
     CrsmonCelery,
     celery_config,
@@ -45,8 +52,10 @@ from workers.tasks import (
     MAX_TRANSIENT_RETRIES,
     CeleryDispatcher,
     GradingFailed,
+    _started,
     deliveries_per_task,
     is_transient,
+    queued_key,
 )
 
 pytest_plugins = ["worker_fixtures"]
@@ -481,3 +490,44 @@ def test_missing_services_fail_under_ci_and_skip_elsewhere(
     with pytest.raises(expected, match="redis-server is not installed"):
         conftest.require(False, "redis-server is not installed")
     conftest.require(True, "present")
+
+
+def test_a_patient_with_a_queued_message_gets_no_second_one(
+    worker_redis: RedisServer, worker_database_url: str
+) -> None:
+    """dedup: one queued message per patient; the task clears the mark before
+    it reads pending records, so the next record gets a message again; a
+    publish that fails clears its marks (the sweeper's is not skipped)."""
+    settings = Settings(database_url=worker_database_url, broker_url=worker_redis.url)
+    celery = make_celery(settings)
+    try:
+        dispatcher = CeleryDispatcher(celery, dedup=True)
+        dispatcher.notify([1, 2])
+        dispatcher.notify([2, 3])
+        assert (dispatcher.published, dispatcher.skipped) == (3, 1)
+        assert worker_redis.queue_length(QUEUE) == 3
+        with worker_redis.client() as redis_client:
+            assert redis_client.ttl(queued_key(2)) > 0
+            _started(celery, 2)  # what the task does first
+            assert redis_client.exists(queued_key(2)) == 0
+        dispatcher.notify([2])
+        assert dispatcher.published == 4
+        plain = CeleryDispatcher(celery)  # no dedup: every call publishes
+        plain.notify([1, 1, 2])
+        assert plain.published == 2
+    finally:
+        celery.close()
+    broken = make_celery(Settings(broker_url=worker_redis.url))
+    try:
+        failing = CeleryDispatcher(broken, dedup=True)
+
+        def refuse(*_: object, **__: object) -> None:
+            raise ConnectionError("broker gone")
+
+        broken.tasks[GRADE_TASK].delay = refuse  # type: ignore[method-assign,assignment]
+        failing.notify([7])
+        assert failing.published == 0
+        with worker_redis.client() as redis_client:
+            assert redis_client.exists(queued_key(7)) == 0
+    finally:
+        broken.close()
