@@ -77,6 +77,14 @@ class Settings(BaseSettings):
         default=14.0, ge=0, description="Days after infusion watched for stale data."
     )
     max_grading_attempts: int = Field(default=5, ge=1)
+    grading_batch: int = Field(
+        default=32,
+        ge=1,
+        le=500,
+        description="Patients per grading message: graded in one transaction, "
+        "risk-scored in one model call (a failing batch is split into one "
+        "message per patient).",
+    )
     sweep_pending_after_s: float = Field(default=30.0, gt=0)
     max_batch_records: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)

@@ -56,6 +56,8 @@ from crsmon.settings import Settings, load_settings
 from workers.jobs import GradingContext
 
 GRADE_TASK = "crsmon.grade_patient"
+GRADE_MANY_TASK = "crsmon.grade_patients"
+"""Several patients in one message (``CRSMON_GRADING_BATCH``)."""
 CHECK_TASK = "crsmon.check_patient"
 DELIVER_TASK = "crsmon.deliver_webhooks"
 SWEEP_TASK = "crsmon.sweep"

@@ -55,7 +55,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from crsmon.db.models import ClinicalRecord, Patient
 from crsmon.domain.rules import RuleSet
-from crsmon.services.grading import GradingRun, grade_patient
+from crsmon.services.grading import GradingRun, grade_patient, grade_patients
 from crsmon.services.monitoring import (
     AlertPolicy,
     patients_gone_quiet,
@@ -94,6 +94,9 @@ class Claim:
 
     pending: int
     gave_up: int
+    retried: bool = False
+    """Some record this delivery holds was tried before (a redelivery, a
+    retry, a lease taken over): a batch then splits into single messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +196,14 @@ def claim(
                 + func.coalesce(ClinicalRecord.last_error, NO_ERROR_RECORDED),
             )
         )
-        held = session.scalar(
-            select(func.count())
-            .select_from(ClinicalRecord)
-            .where(_pending_of(patient_id), ClinicalRecord.lease_token == token)
-        )
-    return Claim(pending=held or 0, gave_up=_rowcount(given_up))
+        held, most = session.execute(
+            select(func.count(), func.max(ClinicalRecord.attempts)).where(
+                _pending_of(patient_id), ClinicalRecord.lease_token == token
+            )
+        ).one()
+    return Claim(
+        pending=held or 0, gave_up=_rowcount(given_up), retried=(most or 0) > 1
+    )
 
 
 def _clock(session: Session) -> datetime:
@@ -293,6 +298,93 @@ def grade_pending(
         _record_failure_quietly(ctx, patient_id, exc)
         raise
     return JobResult(patient_id, counted, run)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one delivery of several patients did; ``split``: the patients to
+    grade one message each instead (the batch failed, or was tried before)."""
+
+    claims: dict[int, Claim]
+    runs: dict[int, GradingRun]
+    split: tuple[int, ...] = ()
+
+
+def release(
+    sessions: sessionmaker[Session],
+    patient_ids: list[int],
+    token: str,
+    *,
+    uncount: bool,
+) -> None:
+    """End this delivery's leases on these patients' pending records, so the
+    single messages a batch splits into can claim them at once; ``uncount``
+    takes back the attempt this delivery's claim counted when it graded
+    nothing (a split before grading), so a split never uses up the budget."""
+    values: dict[str, Any] = {"lease_until": None}
+    if uncount:
+        values["attempts"] = ClinicalRecord.attempts - 1
+    with sessions.begin() as session:
+        session.execute(
+            update(ClinicalRecord)
+            .where(
+                ClinicalRecord.patient_id.in_(patient_ids),
+                ClinicalRecord.grading_state == PENDING,
+                ClinicalRecord.lease_token == token[:64],
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def grade_pending_many(
+    ctx: GradingContext,
+    patient_ids: list[int],
+    *,
+    token: str,
+    now: datetime | None = None,
+    before_commit: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Grade several patients in one transaction (one risk-model call).
+
+    Each patient is claimed as in :func:`grade_pending`. A batch that was
+    tried before (a held record already counted an attempt) or that fails is
+    not retried as a batch: its leases are released and ``split`` names the
+    patients to send one message each, so one poison record is isolated and
+    given up alone, never taking its batch with it.
+    """
+    claims = {
+        pid: claim(
+            ctx.sessions, pid, ctx.max_attempts, token=token, lease_s=ctx.lease_s
+        )
+        for pid in sorted(set(patient_ids))
+    }
+    held = [pid for pid, c in claims.items() if c.pending > 0]
+    if not held:
+        return BatchResult(claims, {})
+    if any(claims[pid].retried for pid in held):
+        release(ctx.sessions, held, token, uncount=True)
+        return BatchResult(claims, {}, tuple(held))
+    try:
+        with ctx.sessions.begin() as session:
+            runs = grade_patients(
+                session,
+                held,
+                ctx.rules,
+                now=now or datetime.now(UTC),
+                policy=ctx.policy,
+            )
+            if before_commit is not None:
+                before_commit(held[0])
+    except Exception as exc:  # split: each patient fails (or not) on its own
+        logger.warning(
+            "grading batch of %d patients failed (%s); split into single messages",
+            len(held),
+            type(exc).__name__,
+        )
+        release(ctx.sessions, held, token, uncount=False)  # it was tried
+        return BatchResult(claims, {}, tuple(held))
+    return BatchResult(claims, runs)
 
 
 def check_patient(

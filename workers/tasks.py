@@ -48,6 +48,7 @@ from workers.celery_app import (
     BROKER_SOCKET_TIMEOUT_S,
     CHECK_TASK,
     DELIVER_TASK,
+    GRADE_MANY_TASK,
     GRADE_TASK,
     NOOP_TASK,
     QUEUE,
@@ -59,6 +60,7 @@ from workers.jobs import (
     GradingContext,
     check_patient,
     grade_pending,
+    grade_pending_many,
     quiet_patients,
     stale_patients,
 )
@@ -140,6 +142,31 @@ def grade_patient_task(self: Task[Any, Any], patient_id: int) -> dict[str, int]:
     if result.run is not None:
         _push_if_severe(app, context, result.run.alerts_raised)
     return result.summary()
+
+
+@shared_task(bind=True, name=GRADE_MANY_TASK)
+def grade_patients_task(self: Task[Any, Any], patient_ids: list[int]) -> dict[str, int]:
+    """Grade several patients in one transaction (ids only); a batch that
+    fails or was tried before is split into one message per patient."""
+    app = crsmon_app(self.app)
+    context = app.runtime().context
+    for patient_id in patient_ids:
+        _started(app, patient_id)
+    token = self.request.id or f"local-{os.getpid()}-{time.monotonic_ns()}"
+    result = grade_pending_many(
+        context, patient_ids, token=token, before_commit=test_only_delay
+    )
+    for patient_id in result.split:
+        _publish(app, GRADE_TASK, patient_id)
+    for run in result.runs.values():
+        _push_if_severe(app, context, run.alerts_raised)
+    return {
+        "patients": len(patient_ids),
+        "graded": len(result.runs),
+        "split": len(result.split),
+        "records_graded": sum(r.records_graded for r in result.runs.values()),
+        "grades_written": sum(r.grades_written for r in result.runs.values()),
+    }
 
 
 def _started(app: CrsmonCelery, patient_id: int) -> None:
@@ -236,7 +263,7 @@ def sweep(self: Task[Any, Any]) -> dict[str, int]:
     patients = stale_patients(
         context.sessions, older_than=cutoff, limit=SWEEP_BATCH_PATIENTS
     )
-    dispatcher = CeleryDispatcher(app, dedup=True)
+    dispatcher = CeleryDispatcher(app, dedup=True, batch=settings.grading_batch)
     dispatcher.notify(patients)
     quiet = quiet_patients(context, now=now, limit=SWEEP_BATCH_PATIENTS)
     checks = sum(_publish(app, CHECK_TASK, pid) for pid in quiet)
@@ -280,8 +307,10 @@ class CeleryDispatcher:
     grades nothing twice.
     """
 
-    def __init__(self, app: Celery, *, dedup: bool = False) -> None:
+    def __init__(self, app: Celery, *, dedup: bool = False, batch: int = 1) -> None:
         self.app = app
+        self.batch = batch
+        """Patients per message (``crsmon.grade_patients`` when above 1)."""
         self.published = 0
         self.skipped = 0
         """Patients not published because their message was still queued."""
@@ -327,19 +356,24 @@ class CeleryDispatcher:
             logger.warning("queued marks not cleared (%s)", type(exc).__name__)
 
     def notify(self, patient_ids: Iterable[int]) -> None:
-        """Send one ``crsmon.grade_patient`` message per distinct patient."""
-        task = self.app.tasks[GRADE_TASK]
+        """Send a message per distinct patient (``crsmon.grade_patient``), or
+        per ``batch`` of them (``crsmon.grade_patients``)."""
         todo = self._unqueued(sorted(set(patient_ids)))
-        for done, patient_id in enumerate(todo):
+        groups = [todo[i : i + self.batch] for i in range(0, len(todo), self.batch)]
+        for done, group in enumerate(groups):
             try:
-                task.delay(patient_id)
+                if self.batch == 1:
+                    self.app.tasks[GRADE_TASK].delay(group[0])
+                else:
+                    self.app.tasks[GRADE_MANY_TASK].delay(group)
             except Exception as exc:  # a broker error must never fail intake
+                left = [p for g in groups[done:] for p in g]
                 logger.warning(
                     "broker unavailable (%s): %d grading message(s) not sent; "
                     "the sweeper will re-enqueue them",
                     type(exc).__name__,
-                    len(todo) - done,
+                    len(left),
                 )
-                self._unmark(todo[done:])  # so the sweeper's publish is not skipped
+                self._unmark(left)  # so the sweeper's publish is not skipped
                 return
-            self.published += 1
+            self.published += len(group)

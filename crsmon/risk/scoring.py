@@ -79,6 +79,16 @@ class RiskPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """One patient's moments to score (see :meth:`RiskScorer.score`)."""
+
+    baseline: PatientBaseline
+    timeline: PatientTimeline
+    moments: Sequence[tuple[float, int]]
+    from_t: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RiskScorer:
     """A verified dynamic model and the alert threshold in force."""
 
@@ -106,21 +116,42 @@ class RiskScorer:
         """Scores at each (t_hours, grade) from infusion on, until grade >= 3;
         with ``from_t``, only the moments from then on (the earlier ones are
         scored already; the cut at grade >= 3 still counts every moment)."""
-        chosen: list[tuple[float, int]] = []
-        for t, grade in moments:
-            if grade > MAX_DYNAMIC_GRADE:
-                break  # the model predicts reaching grade 3, not beyond it
-            if t >= 0 and (from_t is None or t >= from_t):
-                chosen.append((t, grade))
-        if not chosen:
-            return []
-        infusion = timeline.infusion_at
-        rows = [
-            dynamic_features(baseline, timeline, infusion + timedelta(hours=t), grade)
-            for t, grade in chosen
-        ]
+        return self.score_many([ScoreRequest(baseline, timeline, moments, from_t)])[0]
+
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[list[RiskPoint]]:
+        """:meth:`score` for many patients with one call to the model (its
+        per-call cost dominates for the few new moments of one patient)."""
+        chosen_all: list[list[tuple[float, int]]] = []
+        rows = []
+        for r in requests:
+            chosen: list[tuple[float, int]] = []
+            for t, grade in r.moments:
+                if grade > MAX_DYNAMIC_GRADE:
+                    break  # the model predicts reaching grade 3, not beyond it
+                if t >= 0 and (r.from_t is None or t >= r.from_t):
+                    chosen.append((t, grade))
+            chosen_all.append(chosen)
+            infusion = r.timeline.infusion_at
+            rows += [
+                dynamic_features(
+                    r.baseline, r.timeline, infusion + timedelta(hours=t), grade
+                )
+                for t, grade in chosen
+            ]
+        if not rows:
+            return [[] for _ in requests]
         p, tops = explained(self.model, self.model.matrix(rows))
-        return [RiskPoint(t, p[i], tops[i]) for i, (t, _) in enumerate(chosen)]
+        found: list[list[RiskPoint]] = []
+        at = 0
+        for chosen in chosen_all:
+            found.append(
+                [
+                    RiskPoint(t, p[at + i], tops[at + i])
+                    for i, (t, _) in enumerate(chosen)
+                ]
+            )
+            at += len(chosen)
+        return found
 
     def signals(self, points: Sequence[RiskPoint]) -> list[RiskSignal]:
         """The points as the core's risk signals (for ``high_risk``)."""

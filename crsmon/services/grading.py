@@ -48,7 +48,7 @@ from crsmon.db.repository import (
 from crsmon.domain.alerts import AlertDecision, RecordFlag, decide_alerts
 from crsmon.domain.episodes import grade_episode
 from crsmon.domain.records import BLOOD_PRESSURE, PatientTimeline, Quantity
-from crsmon.domain.results import ObservationGrade
+from crsmon.domain.results import EpisodeResult, ObservationGrade
 from crsmon.domain.rules import RuleSet
 from crsmon.domain.state import (
     Snapshot,
@@ -57,7 +57,7 @@ from crsmon.domain.state import (
     hours_since_infusion,
 )
 from crsmon.presenters import flag_details
-from crsmon.risk.scoring import RiskPoint, RiskScorer, baseline_of
+from crsmon.risk.scoring import RiskPoint, RiskScorer, ScoreRequest, baseline_of
 from crsmon.services.monitoring import AlertPolicy, monitored_spans
 
 
@@ -102,23 +102,27 @@ def vital_times_h(timeline: PatientTimeline) -> list[float]:
     )
 
 
-def grade_patient(
+@dataclass(slots=True)
+class _Prepared:
+    """One patient read and graded in memory, not yet written."""
+
+    patient: Patient
+    records: list[ClinicalRecord]
+    timeline: PatientTimeline
+    since: datetime | None
+    snapshots: tuple[Snapshot, ...]
+    result: EpisodeResult
+
+
+def _prepare(
     session: Session,
     patient_id: int,
     rules: RuleSet,
     *,
     now: datetime,
-    policy: AlertPolicy,
-    state: StateSettings | None = None,
-    live: bool = True,
-) -> GradingRun:
-    """Grade a patient's history up to ``now`` and write what is new (idempotent).
-
-    Alerts of a push kind get one webhook delivery row per configured URL, in
-    the same transaction (the outbox :mod:`crsmon.services.webhooks` sends).
-    ``live=False`` regrades under another rule set: grade rows only, beside the
-    live ones; no alerts and no change to the records' grading state.
-    """
+    state: StateSettings | None,
+    live: bool,
+) -> _Prepared:
     patient = session.get(Patient, patient_id, with_for_update=True)
     if patient is None:
         raise LookupError(f"patient {patient_id} does not exist")
@@ -140,47 +144,65 @@ def grade_patient(
     episode, snapshots = episode_until(
         timeline, until, state or StateSettings(), extra_times=graded_before
     )
-    result = grade_episode(episode, rules)
+    return _Prepared(
+        patient, records, timeline, since, snapshots, grade_episode(episode, rules)
+    )
+
+
+def _request(prepared: _Prepared) -> ScoreRequest:
+    timeline = prepared.timeline
+    since = prepared.since
+    return ScoreRequest(
+        baseline_of(prepared.patient, timeline),
+        timeline,
+        [(o.t_hours, o.result.grade) for o in prepared.result.observations],
+        None if since is None else hours_since_infusion(timeline, since),
+    )
+
+
+def _finish(
+    session: Session,
+    prepared: _Prepared,
+    scored: list[RiskPoint],
+    rules: RuleSet,
+    *,
+    now: datetime,
+    policy: AlertPolicy,
+    live: bool,
+) -> GradingRun:
+    patient, timeline, result = prepared.patient, prepared.timeline, prepared.result
     scorer = policy.risk
-    points: dict[float, RiskPoint] = {}
-    if scorer is not None:
-        moments = [(o.t_hours, o.result.grade) for o in result.observations]
-        baseline = baseline_of(patient, timeline)
-        from_t = None if since is None else hours_since_infusion(timeline, since)
-        points = {
-            p.t_hours: p
-            for p in scorer.score(baseline, timeline, moments, from_t=from_t)
-        }
+    points = {p.t_hours: p for p in scored}
     written = _write_grades(
         session,
-        patient_id,
+        patient.id,
         rules,
         result.observations,
-        snapshots,
+        prepared.snapshots,
         points,
         scorer,
-        since=since,
+        since=prepared.since,
     )
     if not live:
         return GradingRun(written, (), 0)
-    stays = session.scalars(select(UnitStay).where(UnitStay.patient_id == patient_id))
+    stays = session.scalars(select(UnitStay).where(UnitStay.patient_id == patient.id))
     died_at = None if timeline.death is None else timeline.death.died_at
     decisions = decide_alerts(
         result,
-        field_sources={i: dict(s.sources) for i, s in enumerate(snapshots)},
+        field_sources={i: dict(s.sources) for i, s in enumerate(prepared.snapshots)},
         vital_times_h=vital_times_h(timeline),
         as_of_h=hours_since_infusion(timeline, now),
         stale_after_h=policy.stale_after_h,
         monitoring_days=policy.monitoring_days,
         monitored_h=monitored_spans(patient.infusion_at, list(stays), died_at),
-        record_flags=record_flags(timeline, records),
+        record_flags=record_flags(timeline, prepared.records),
         risk_signals=[] if scorer is None else scorer.signals(list(points.values())),
     )
     raised = _raise_alerts(session, patient, decisions, policy.webhook_urls, now)
     graded = session.execute(  # an UPDATE: a cursor result with a row count
         update(ClinicalRecord)
         .where(
-            ClinicalRecord.patient_id == patient_id,
+            ClinicalRecord.patient_id == patient.id,
             ClinicalRecord.grading_state == "pending",
         )
         .values(grading_state="graded", graded_at=_database_now(session))
@@ -189,6 +211,64 @@ def grade_patient(
         .execution_options(synchronize_session=False)
     )
     return GradingRun(written, raised, cast(CursorResult[Any], graded).rowcount)
+
+
+def grade_patient(
+    session: Session,
+    patient_id: int,
+    rules: RuleSet,
+    *,
+    now: datetime,
+    policy: AlertPolicy,
+    state: StateSettings | None = None,
+    live: bool = True,
+) -> GradingRun:
+    """Grade a patient's history up to ``now`` and write what is new (idempotent).
+
+    Alerts of a push kind get one webhook delivery row per configured URL, in
+    the same transaction (the outbox :mod:`crsmon.services.webhooks` sends).
+    ``live=False`` regrades under another rule set: grade rows only, beside the
+    live ones; no alerts and no change to the records' grading state.
+    """
+    runs = grade_patients(
+        session, [patient_id], rules, now=now, policy=policy, state=state, live=live
+    )
+    return runs[patient_id]
+
+
+def grade_patients(
+    session: Session,
+    patient_ids: Iterable[int],
+    rules: RuleSet,
+    *,
+    now: datetime,
+    policy: AlertPolicy,
+    state: StateSettings | None = None,
+    live: bool = True,
+) -> dict[int, GradingRun]:
+    """:func:`grade_patient` for many patients in the session's transaction:
+    each patient's lock is taken in id order (two batches never deadlock),
+    and the risk model scores every patient's new moments in one call.
+
+    Raises:
+        LookupError: a patient that does not exist (nothing is written).
+    """
+    prepared = [
+        _prepare(session, pid, rules, now=now, state=state, live=live)
+        for pid in sorted(set(patient_ids))
+    ]
+    scorer = policy.risk
+    scored = (
+        [[] for _ in prepared]
+        if scorer is None
+        else scorer.score_many([_request(p) for p in prepared])
+    )
+    return {
+        p.patient.id: _finish(
+            session, p, points, rules, now=now, policy=policy, live=live
+        )
+        for p, points in zip(prepared, scored, strict=True)
+    }
 
 
 def _database_now(session: Session) -> Any:

@@ -40,6 +40,7 @@ from crsmon.settings import Settings
 from workers.celery_app import (
     CHECK_TASK,
     DELIVER_TASK,
+    GRADE_MANY_TASK,
     GRADE_TASK,
     QUEUE,
     SWEEP_TASK,
@@ -47,7 +48,14 @@ from workers.celery_app import (
     celery_config,
     make_celery,
 )
-from workers.jobs import FAILED, GRADED, PENDING, GradingContext, grade_pending
+from workers.jobs import (
+    FAILED,
+    GRADED,
+    PENDING,
+    GradingContext,
+    grade_pending,
+    grade_pending_many,
+)
 from workers.tasks import (
     MAX_TRANSIENT_RETRIES,
     CeleryDispatcher,
@@ -531,3 +539,77 @@ def test_a_patient_with_a_queued_message_gets_no_second_one(
             assert redis_client.exists(queued_key(7)) == 0
     finally:
         broken.close()
+
+
+def test_a_batch_grades_like_one_patient_at_a_time(
+    worker_sessions: sessionmaker[Session], tmp_path: Any
+) -> None:
+    """Several patients in one delivery: the same grade rows and alerts as
+    grading each alone (compared with a second database graded singly)."""
+    feeds = [patient_feed(f"B-{n}", extra_vitals=n) for n in range(4)]
+    ids = sorted(ingest_all(worker_sessions, [line for f in feeds for line in f]))
+    batch = grade_pending_many(context(worker_sessions), ids, token="batch-1")
+    assert set(batch.runs) == set(ids)
+    assert batch.split == ()
+    together = Effects.read(worker_sessions)
+    assert together.states == {GRADED: sum(together.states.values())}
+    url = f"sqlite:///{tmp_path / 'single.sqlite3'}"
+    from crsmon.db.engine import make_engine, make_sessions
+    from crsmon.db.migrate import upgrade
+
+    upgrade(url)
+    engine = make_engine(url)
+    single = make_sessions(engine)
+    try:
+        for feed_lines in feeds:
+            (pid,) = ingest_all(single, feed_lines)
+            grade_pending(context(single), pid)
+        alone = Effects.read(single)
+    finally:
+        engine.dispose()
+    assert (together.grades, together.alerts) == (alone.grades, alone.alerts)
+    assert_no_duplicates(together)
+
+
+def test_a_batch_that_fails_or_was_tried_before_is_split(
+    worker_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failing patient takes no other down: the batch's leases are
+    released and each patient goes on alone; a redelivered batch splits too."""
+    ids = sorted(ingest_all(worker_sessions, patient_feed("S-1") + patient_feed("S-2")))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        del args, kwargs
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(workers.jobs, "grade_patients", broken)
+    failed = grade_pending_many(context(worker_sessions), ids, token="batch-x")
+    assert (failed.runs, failed.split) == ({}, tuple(ids))
+    monkeypatch.undo()
+    for pid in failed.split:  # the single messages the task publishes
+        assert grade_pending(context(worker_sessions), pid).run is not None
+    assert set(Effects.read(worker_sessions).states) == {GRADED}
+    more = sorted(ingest_all(worker_sessions, patient_feed("S-3")))
+    first = grade_pending_many(context(worker_sessions), more, token="batch-y")
+    assert first.runs  # graded
+    with worker_sessions.begin() as session:  # as if that commit had been lost
+        session.execute(
+            update(ClinicalRecord)
+            .where(ClinicalRecord.patient_id.in_(more))
+            .values(grading_state=PENDING)
+        )
+    again = grade_pending_many(context(worker_sessions), more, token="batch-y")
+    assert (again.runs, again.split) == ({}, tuple(more))  # tried before: split
+
+
+def test_the_batch_task_and_a_batching_dispatcher(
+    app: CrsmonCelery, worker_sessions: sessionmaker[Session]
+) -> None:
+    ids = sorted(ingest_all(worker_sessions, patient_feed("T-1") + patient_feed("T-2")))
+    summary = app.tasks[GRADE_MANY_TASK](ids)
+    assert summary["graded"] == 2
+    assert summary["split"] == 0
+    assert set(Effects.read(worker_sessions).states) == {GRADED}
+    dispatcher = CeleryDispatcher(app, batch=2)
+    dispatcher.notify([5, 1, 3, 1, 4])
+    assert dispatcher.published == 4  # patients, in 2 messages of up to 2
