@@ -104,7 +104,11 @@ def default_dispatcher(
         from workers.celery_app import make_celery
         from workers.tasks import CeleryDispatcher
 
-        return BackgroundDispatcher(CeleryDispatcher(make_celery(settings), dedup=True))
+        return BackgroundDispatcher(
+            CeleryDispatcher(
+                make_celery(settings), dedup=True, batch=settings.grading_batch
+            )
+        )
     rules = resolve_rule_set(settings.rule_set)
     return InProcessDispatcher(
         sessions,

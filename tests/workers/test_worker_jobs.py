@@ -613,3 +613,34 @@ def test_the_batch_task_and_a_batching_dispatcher(
     dispatcher = CeleryDispatcher(app, batch=2)
     dispatcher.notify([5, 1, 3, 1, 4])
     assert dispatcher.published == 4  # patients, in 2 messages of up to 2
+
+
+def test_the_api_publishes_batches_of_patients_once_queued(
+    worker_redis: RedisServer, worker_database_url: str
+) -> None:
+    """The service's dispatcher: a publisher thread over a batching, deduping
+    Celery dispatcher (CRSMON_GRADING_BATCH patients per message)."""
+    from crsmon.api.app import default_dispatcher
+    from crsmon.db.engine import make_engine, make_sessions
+    from crsmon.services.dispatch import BackgroundDispatcher
+
+    settings = Settings(
+        database_url=worker_database_url, broker_url=worker_redis.url, grading_batch=7
+    )
+    engine = make_engine(worker_database_url)
+    dispatcher = default_dispatcher(make_sessions(engine), settings)
+    try:
+        assert isinstance(dispatcher, BackgroundDispatcher)
+        inner = dispatcher.inner
+        assert isinstance(inner, CeleryDispatcher)
+        assert inner.batch == 7
+        dispatcher.notify(range(1, 16))
+        assert dispatcher.flush(10)
+        assert inner.published == 15
+        assert worker_redis.queue_length(QUEUE) == 3  # 7 + 7 + 1
+        dispatcher.notify([3])
+        assert dispatcher.flush(10)
+        assert inner.skipped == 1  # still queued: no second message
+    finally:
+        dispatcher.close()
+        engine.dispose()
