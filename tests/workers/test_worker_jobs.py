@@ -642,5 +642,6 @@ def test_the_api_publishes_batches_of_patients_once_queued(
         assert dispatcher.flush(10)
         assert inner.skipped == 1  # still queued: no second message
     finally:
-        dispatcher.close()
+        if isinstance(dispatcher, BackgroundDispatcher):
+            dispatcher.close()
         engine.dispose()
