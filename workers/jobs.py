@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -206,6 +207,80 @@ def claim(
     )
 
 
+def claim_many(
+    sessions: sessionmaker[Session],
+    patient_ids: list[int],
+    max_attempts: int,
+    *,
+    token: str,
+    now: datetime | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+) -> dict[int, Claim]:
+    """:func:`claim` for several patients in one transaction (their locks in
+    id order, so two batches never deadlock)."""
+    token = token[:64]
+    ids = sorted(set(patient_ids))
+    claims = {pid: Claim(pending=0, gave_up=0) for pid in ids}
+    with sessions.begin() as session:
+        found = list(
+            session.scalars(
+                select(Patient.id)
+                .where(Patient.id.in_(ids))
+                .order_by(Patient.id)
+                .with_for_update()
+            )
+        )
+        if not found:
+            return claims
+        if now is None:
+            now = _clock(session)
+        pending = (ClinicalRecord.patient_id.in_(found)) & (
+            ClinicalRecord.grading_state == PENDING
+        )
+        free = or_(
+            ClinicalRecord.lease_until.is_(None),
+            ClinicalRecord.lease_until <= now,
+            ClinicalRecord.lease_token == token,
+        )
+        session.execute(
+            update(ClinicalRecord)
+            .where(pending, free)
+            .values(
+                attempts=ClinicalRecord.attempts + 1,
+                lease_token=token,
+                lease_until=now + timedelta(seconds=lease_s),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        gave_up = Counter(
+            session.scalars(
+                update(ClinicalRecord)
+                .where(pending, ClinicalRecord.attempts > max_attempts)
+                .values(
+                    grading_state=FAILED,
+                    last_error=literal(_gave_up(max_attempts, ""))
+                    + func.coalesce(ClinicalRecord.last_error, NO_ERROR_RECORDED),
+                )
+                .returning(ClinicalRecord.patient_id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        held = session.execute(
+            select(
+                ClinicalRecord.patient_id,
+                func.count(),
+                func.max(ClinicalRecord.attempts),
+            )
+            .where(pending, ClinicalRecord.lease_token == token)
+            .group_by(ClinicalRecord.patient_id)
+        )
+        counts = {pid: (n, most) for pid, n, most in held}
+    for pid in found:
+        n, most = counts.get(pid, (0, 0))
+        claims[pid] = Claim(pending=n, gave_up=gave_up[pid], retried=(most or 0) > 1)
+    return claims
+
+
 def _clock(session: Session) -> datetime:
     """The database clock on PostgreSQL (one clock for every worker host)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -353,12 +428,9 @@ def grade_pending_many(
     patients to send one message each, so one poison record is isolated and
     given up alone, never taking its batch with it.
     """
-    claims = {
-        pid: claim(
-            ctx.sessions, pid, ctx.max_attempts, token=token, lease_s=ctx.lease_s
-        )
-        for pid in sorted(set(patient_ids))
-    }
+    claims = claim_many(
+        ctx.sessions, patient_ids, ctx.max_attempts, token=token, lease_s=ctx.lease_s
+    )
     held = [pid for pid, c in claims.items() if c.pending > 0]
     if not held:
         return BatchResult(claims, {})

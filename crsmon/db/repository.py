@@ -557,6 +557,48 @@ def quarantine(
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A stored record's columns as grading reads them: a plain value, not an
+    ORM object (loading hundreds of those per grading run cost more than the
+    grading itself)."""
+
+    id: int
+    kind: str
+    source_system: str
+    source_record_id: str
+    occurred_at: datetime
+    quantity: str | None
+    value: float | None
+    unit: str | None
+    details: dict[str, Any]
+    quality_flags: list[Any]
+    supersedes_id: int | None
+
+
+Row = ClinicalRecord | StoredRecord
+"""What :func:`timeline_from` reads: an ORM record or its plain columns."""
+
+STORED_COLUMNS = tuple(getattr(ClinicalRecord, f) for f in StoredRecord.__slots__)
+
+
+def current_stored(session: Session, patient_id: int) -> list[StoredRecord]:
+    """:func:`current_records` as plain values (grading's read)."""
+    rows = [
+        StoredRecord(*r)
+        for r in session.execute(
+            select(*STORED_COLUMNS)
+            .where(
+                ClinicalRecord.patient_id == patient_id,
+                ClinicalRecord.retracted_at.is_(None),
+            )
+            .order_by(ClinicalRecord.occurred_at, ClinicalRecord.id)
+        )
+    ]
+    superseded = {r.supersedes_id for r in rows if r.supersedes_id is not None}
+    return [r for r in rows if r.id not in superseded]
+
+
 def current_records(session: Session, patient_id: int) -> list[ClinicalRecord]:
     """A patient's records as they stand: not retracted, not superseded."""
     rows = session.scalars(
@@ -576,9 +618,9 @@ def load_timeline(session: Session, patient: Patient) -> PatientTimeline:
     return timeline_from(patient, current_records(session, patient.id))
 
 
-def timeline_from(patient: Patient, rows: list[ClinicalRecord]) -> PatientTimeline:
+def timeline_from(patient: Patient, rows: Sequence[Row]) -> PatientTimeline:
     """Map stored rows onto domain records (the inverse of the intake's rows)."""
-    kinds: dict[str, list[ClinicalRecord]] = {}
+    kinds: dict[str, list[Row]] = {}
     for row in rows:
         kinds.setdefault(row.kind, []).append(row)
     stops = {
@@ -633,17 +675,17 @@ def timeline_from(patient: Patient, rows: list[ClinicalRecord]) -> PatientTimeli
     )
 
 
-def _rid(row: ClinicalRecord) -> str:
+def _rid(row: Row) -> str:
     return str(row.id)
 
 
-def _measurement(row: ClinicalRecord) -> Measurement:
+def _measurement(row: Row) -> Measurement:
     if row.quantity is None or row.value is None:
         raise ValueError(f"measurement row {row.id} has no quantity or value")
     return Measurement(_rid(row), row.occurred_at, Quantity(row.quantity), row.value)
 
 
-def _oxygen(row: ClinicalRecord) -> OxygenRecord:
+def _oxygen(row: Row) -> OxygenRecord:
     d = row.details
     return OxygenRecord(
         _rid(row),
@@ -655,7 +697,7 @@ def _oxygen(row: ClinicalRecord) -> OxygenRecord:
     )
 
 
-def _infusion(row: ClinicalRecord, stopped_at: datetime | None) -> InfusionRecord:
+def _infusion(row: Row, stopped_at: datetime | None) -> InfusionRecord:
     d = row.details
     return InfusionRecord(
         _rid(row),
@@ -667,7 +709,7 @@ def _infusion(row: ClinicalRecord, stopped_at: datetime | None) -> InfusionRecor
     )
 
 
-def _attribution(row: ClinicalRecord) -> AttributionRecord:
+def _attribution(row: Row) -> AttributionRecord:
     end = row.details.get("end_at")
     return AttributionRecord(
         _rid(row),

@@ -22,13 +22,13 @@ the run holds the patient's row lock: runs for one patient are serial.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from crsmon.db.models import (
@@ -40,8 +40,11 @@ from crsmon.db.models import (
     WebhookDelivery,
 )
 from crsmon.db.repository import (
+    STORED_COLUMNS,
+    Row,
+    StoredRecord,
     content_hash,
-    current_records,
+    current_stored,
     same_record,
     timeline_from,
 )
@@ -107,11 +110,14 @@ class _Prepared:
     """One patient read and graded in memory, not yet written."""
 
     patient: Patient
-    records: list[ClinicalRecord]
+    records: list[StoredRecord]
     timeline: PatientTimeline
     since: datetime | None
     snapshots: tuple[Snapshot, ...]
     result: EpisodeResult
+    pending_ids: tuple[int, ...]
+    """The pending records this run read (and so grades): only these are
+    marked graded, never one committed while the run was grading."""
 
 
 def _prepare(
@@ -126,9 +132,13 @@ def _prepare(
     patient = session.get(Patient, patient_id, with_for_update=True)
     if patient is None:
         raise LookupError(f"patient {patient_id} does not exist")
-    records = current_records(session, patient_id)
+    # Pending first, then the records, and only the pending records read are
+    # marked graded: a record committed in between would be graded again next
+    # run, never marked graded unread. (Intake waits anyway: its foreign key
+    # takes a share lock on the patient row this run holds FOR UPDATE.)
+    pending = _pending(session, patient_id)
+    records = current_stored(session, patient_id)
     timeline = timeline_from(patient, records)
-    pending = list(_pending(session, patient_id))
     latest = max((r.occurred_at for r in pending), default=now)
     until = max(now, latest)  # a record a few minutes ahead of the server clock
     # Only moments from the earliest time the pending records touch can
@@ -145,7 +155,13 @@ def _prepare(
         timeline, until, state or StateSettings(), extra_times=graded_before
     )
     return _Prepared(
-        patient, records, timeline, since, snapshots, grade_episode(episode, rules)
+        patient,
+        records,
+        timeline,
+        since,
+        snapshots,
+        grade_episode(episode, rules),
+        tuple(r.id for r in pending),
     )
 
 
@@ -199,18 +215,22 @@ def _finish(
         risk_signals=[] if scorer is None else scorer.signals(list(points.values())),
     )
     raised = _raise_alerts(session, patient, decisions, policy.webhook_urls, now)
-    graded = session.execute(  # an UPDATE: a cursor result with a row count
-        update(ClinicalRecord)
-        .where(
-            ClinicalRecord.patient_id == patient.id,
-            ClinicalRecord.grading_state == "pending",
+    graded = 0
+    ids = prepared.pending_ids
+    for start in range(0, len(ids), 5000):  # SQLite's bound-parameter limit
+        result_ = session.execute(  # an UPDATE: a cursor result with a row count
+            update(ClinicalRecord)
+            .where(
+                ClinicalRecord.id.in_(ids[start : start + 5000]),
+                ClinicalRecord.grading_state == "pending",
+            )
+            .values(grading_state="graded", graded_at=_database_now(session))
+            # Nothing in this session reads the state back: no in-Python
+            # evaluation of the criteria over every loaded record.
+            .execution_options(synchronize_session=False)
         )
-        .values(grading_state="graded", graded_at=_database_now(session))
-        # Nothing in this session reads the state back: no in-Python
-        # evaluation of the criteria over every loaded record.
-        .execution_options(synchronize_session=False)
-    )
-    return GradingRun(written, raised, cast(CursorResult[Any], graded).rowcount)
+        graded += cast(CursorResult[Any], result_).rowcount
+    return GradingRun(written, raised, graded)
 
 
 def grade_patient(
@@ -278,9 +298,7 @@ def _database_now(session: Session) -> Any:
     return func.now()
 
 
-def record_flags(
-    timeline: PatientTimeline, records: list[ClinicalRecord]
-) -> list[RecordFlag]:
+def record_flags(timeline: PatientTimeline, records: Sequence[Row]) -> list[RecordFlag]:
     """The §4.4 flags the intake stored on the patient's current records."""
     return [
         RecordFlag(
@@ -294,20 +312,23 @@ def record_flags(
     ]
 
 
-def _pending(session: Session, patient_id: int) -> Iterable[ClinicalRecord]:
-    return session.scalars(
-        select(ClinicalRecord).where(
-            ClinicalRecord.patient_id == patient_id,
-            ClinicalRecord.grading_state == "pending",
+def _pending(session: Session, patient_id: int) -> list[StoredRecord]:
+    return [
+        StoredRecord(*r)
+        for r in session.execute(
+            select(*STORED_COLUMNS).where(
+                ClinicalRecord.patient_id == patient_id,
+                ClinicalRecord.grading_state == "pending",
+            )
         )
-    )
+    ]
 
 
-def affected_from(session: Session, pending: list[ClinicalRecord]) -> datetime:
+def affected_from(session: Session, pending: Sequence[Row]) -> datetime:
     """The earliest time the pending records change: their own times, and
     the times of the records a pending correction supersedes or a pending
     retraction withdraws."""
-    times = [r.occurred_at for r in pending]
+    times: list[datetime] = [r.occurred_at for r in pending]
     superseded = [r.supersedes_id for r in pending if r.supersedes_id is not None]
     if superseded:
         times += session.scalars(
@@ -356,7 +377,7 @@ def _write_grades(
     for at, digest, grade, reasons in session.execute(stored.order_by(Grade.id)):
         rows = newest.get(at, (("", 0, []), 0))[1]
         newest[at] = ((digest, grade, list(reasons)), rows + 1)
-    written = 0
+    new: list[dict[str, Any]] = []
     for obs in observations:
         snapshot = snapshots[obs.input_index]
         if since is not None and snapshot.at < since:
@@ -370,27 +391,28 @@ def _write_grades(
         newest[snapshot.at] = (derived, rows + 1)
         result = obs.result
         point = points.get(obs.t_hours)
-        session.add(
-            Grade(
-                patient_id=patient_id,
-                evaluated_at=snapshot.at,
-                t_hours=obs.t_hours,
-                rule_set=result.rule_set,
-                rule_set_version=rules.version,
-                grade=result.grade,
-                reasons=[r.text for r in result.reasons],
-                missing_inputs=list(result.missing_inputs),
-                flags=flag_details(result.flags),
-                snapshot=payload,
-                snapshot_hash=digest,
-                revision=rows,
-                risk_probability=None if point is None else point.probability,
-                risk_model=None if point is None or scorer is None else scorer.key,
-                risk_features=None if point is None else list(point.top_features),
-            )
+        new.append(
+            {
+                "patient_id": patient_id,
+                "evaluated_at": snapshot.at,
+                "t_hours": obs.t_hours,
+                "rule_set": result.rule_set,
+                "rule_set_version": rules.version,
+                "grade": result.grade,
+                "reasons": derived[2],
+                "missing_inputs": list(result.missing_inputs),
+                "flags": flag_details(result.flags),
+                "snapshot": payload,
+                "snapshot_hash": digest,
+                "revision": rows,
+                "risk_probability": None if point is None else point.probability,
+                "risk_model": None if point is None or scorer is None else scorer.key,
+                "risk_features": None if point is None else list(point.top_features),
+            }
         )
-        written += 1
-    return written
+    if new:  # one statement batch, no ORM objects (nothing reads them back)
+        session.execute(insert(Grade), new)
+    return len(new)
 
 
 def _raise_alerts(
