@@ -12,9 +12,12 @@ from crsmon.db.audit import ADMIN, record_event
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.db.models import Patient
 from crsmon.domain.rules import RuleSet
-from crsmon.services.grading import grade_patient
+from crsmon.services.grading import grade_patients
 from crsmon.services.monitoring import AlertPolicy
 from crsmon.settings import load_settings
+
+REGRADE_BATCH = 32
+"""Patients regraded per transaction (their new moments scored in one call)."""
 
 
 @click.command()
@@ -33,17 +36,18 @@ def regrade(rule_set: RuleSet) -> None:
     try:
         with sessions() as session:
             patient_ids = list(session.scalars(select(Patient.id).order_by(Patient.id)))
-        for patient_id in patient_ids:
-            with sessions.begin() as session:
-                run = grade_patient(
+        policy = AlertPolicy.from_settings(settings)
+        for start in range(0, len(patient_ids), REGRADE_BATCH):
+            with sessions.begin() as session:  # one transaction, one model call
+                runs = grade_patients(
                     session,
-                    patient_id,
+                    patient_ids[start : start + REGRADE_BATCH],
                     rule_set,
                     now=datetime.now(UTC),
-                    policy=AlertPolicy.from_settings(settings),
+                    policy=policy,
                     live=False,
                 )
-            written += run.grades_written
+            written += sum(run.grades_written for run in runs.values())
         with sessions.begin() as session:  # one event per run, not per row
             record_event(
                 session,
