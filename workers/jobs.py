@@ -140,7 +140,9 @@ def _gave_up(max_attempts: int, error: str) -> str:
 def _lock_patient(session: Session, patient_id: int) -> bool:
     """Take the patient's row lock (PostgreSQL); False if there is no such patient."""
     found = session.scalar(
-        select(Patient.id).where(Patient.id == patient_id).with_for_update()
+        select(Patient.id)
+        .where(Patient.id == patient_id)
+        .with_for_update(key_share=True)
     )
     return found is not None
 
@@ -227,7 +229,7 @@ def claim_many(
                 select(Patient.id)
                 .where(Patient.id.in_(ids))
                 .order_by(Patient.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
         )
         if not found:

@@ -48,6 +48,7 @@ from crsmon.bench.services import (
 
 VALUES_PER_RECORD = 5
 SOURCE = "bench"
+RESENDS = 10
 DRAIN_CAP_S = 600.0
 """However long the stack takes to grade what it accepted, the run ends."""
 
@@ -63,6 +64,8 @@ class Stack:
     key: str
     api: Proc
     worker: Proc
+    resent: int = 0
+    """Batches answered 503 and sent again."""
 
     @property
     def libpq_url(self) -> str:
@@ -170,14 +173,21 @@ def vitals(
 
 
 def _post(client: httpx.Client, stack: Stack, lines: list[str]) -> dict[str, int]:
-    answer = client.post(
-        f"{stack.api_url}/v1/records/batch",
-        content=("\n".join(lines) + "\n").encode(),
-        headers={
-            "authorization": f"Bearer {stack.key}",
-            "content-type": "application/x-ndjson",
-        },
-    )
+    """One NDJSON batch; a 503 is resent after its Retry-After, as a sender
+    should (the records were not stored), and counted."""
+    for _ in range(RESENDS):
+        answer = client.post(
+            f"{stack.api_url}/v1/records/batch",
+            content=("\n".join(lines) + "\n").encode(),
+            headers={
+                "authorization": f"Bearer {stack.key}",
+                "content-type": "application/x-ndjson",
+            },
+        )
+        if answer.status_code != 503:
+            break
+        stack.resent += 1
+        time.sleep(min(2.0, float(answer.headers.get("retry-after", "1"))))
     if answer.status_code != 200:
         raise BenchError(f"batch answered {answer.status_code}: {answer.text[:300]}")
     counts: dict[str, int] = answer.json()["counts"]
@@ -300,6 +310,7 @@ def bench_pipeline(
         "intake_observations_per_s": accepted[0] * VALUES_PER_RECORD / sent_s,
         "batch_records": batch_records,
         "senders": senders,
+        "batches_resent_after_503": stack.resent,
     }
 
 

@@ -354,7 +354,9 @@ def _moves(session: Session, record: ClinicalRecord) -> bool:
 def _lock(session: Session, patient_id: int) -> None:
     """The patient's row lock (PostgreSQL; SQLite's writer lock is already held)."""
     session.execute(
-        select(Patient.id).where(Patient.id == patient_id).with_for_update()
+        select(Patient.id)
+        .where(Patient.id == patient_id)
+        .with_for_update(key_share=True)
     )
 
 

@@ -129,13 +129,14 @@ def _prepare(
     state: StateSettings | None,
     live: bool,
 ) -> _Prepared:
-    patient = session.get(Patient, patient_id, with_for_update=True)
+    patient = session.get(Patient, patient_id, with_for_update={"key_share": True})
     if patient is None:
         raise LookupError(f"patient {patient_id} does not exist")
     # Pending first, then the records, and only the pending records read are
     # marked graded: a record committed in between would be graded again next
-    # run, never marked graded unread. (Intake waits anyway: its foreign key
-    # takes a share lock on the patient row this run holds FOR UPDATE.)
+    # run, never marked graded unread. The patient row is locked FOR NO KEY
+    # UPDATE: grading runs (and claims, adjudications) wait for each other,
+    # while intake's foreign-key share lock never waits for grading.
     pending = _pending(session, patient_id)
     records = current_stored(session, patient_id)
     timeline = timeline_from(patient, records)

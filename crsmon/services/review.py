@@ -788,7 +788,9 @@ def adjudicate(
     # Under the patient's lock, as grading runs are: the maximum read here is
     # the one stored beside the verdict (PostgreSQL; SQLite locks the writer).
     session.execute(
-        select(Patient.id).where(Patient.id == patient.id).with_for_update()
+        select(Patient.id)
+        .where(Patient.id == patient.id)
+        .with_for_update(key_share=True)
     )
     computed = computed_max_grade(session, patient.id, rule_set)
     if computed is None:
