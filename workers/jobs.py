@@ -32,7 +32,7 @@ One delivery of "grade patient N" runs two transactions:
 Serialization per patient: there is no Celery-side lock. Two deliveries for the
 same patient (a duplicate from the sweeper, a redelivery after a visibility
 timeout, two workers) are serialized by the database: on PostgreSQL the claim
-and ``grade_patient`` both take the patient row ``FOR UPDATE`` first, so the
+and ``grade_patient`` both take the patient row ``FOR NO KEY UPDATE`` first, so the
 second waits for the first to commit and then finds nothing pending; on SQLite
 every transaction is ``BEGIN IMMEDIATE`` (one writer). Behind the locks, the
 unique natural keys on grades and alerts make a re-run write nothing twice, so
