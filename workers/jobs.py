@@ -137,16 +137,6 @@ def _gave_up(max_attempts: int, error: str) -> str:
     return f"gave up after {max_attempts} attempt{plural}; last: {error}"
 
 
-def _lock_patient(session: Session, patient_id: int) -> bool:
-    """Take the patient's row lock (PostgreSQL); False if there is no such patient."""
-    found = session.scalar(
-        select(Patient.id)
-        .where(Patient.id == patient_id)
-        .with_for_update(key_share=True)
-    )
-    return found is not None
-
-
 def claim(
     sessions: sessionmaker[Session],
     patient_id: int,
@@ -170,43 +160,10 @@ def claim(
     hosts share it), Python's on SQLite (one host).
     Committed on return, so the count survives a worker killed mid-grading.
     """
-    token = (token or f"local-{uuid.uuid4().hex}")[:64]
-    with sessions.begin() as session:
-        if not _lock_patient(session, patient_id):
-            return Claim(pending=0, gave_up=0)
-        if now is None:
-            now = _clock(session)
-        free = or_(
-            ClinicalRecord.lease_until.is_(None),
-            ClinicalRecord.lease_until <= now,
-            ClinicalRecord.lease_token == token,
-        )
-        session.execute(
-            update(ClinicalRecord)
-            .where(_pending_of(patient_id), free)
-            .values(
-                attempts=ClinicalRecord.attempts + 1,
-                lease_token=token,
-                lease_until=now + timedelta(seconds=lease_s),
-            )
-        )
-        given_up = session.execute(
-            update(ClinicalRecord)
-            .where(_pending_of(patient_id), ClinicalRecord.attempts > max_attempts)
-            .values(
-                grading_state=FAILED,
-                last_error=literal(_gave_up(max_attempts, ""))
-                + func.coalesce(ClinicalRecord.last_error, NO_ERROR_RECORDED),
-            )
-        )
-        held, most = session.execute(
-            select(func.count(), func.max(ClinicalRecord.attempts)).where(
-                _pending_of(patient_id), ClinicalRecord.lease_token == token
-            )
-        ).one()
-    return Claim(
-        pending=held or 0, gave_up=_rowcount(given_up), retried=(most or 0) > 1
-    )
+    token = token or f"local-{uuid.uuid4().hex}"
+    return claim_many(
+        sessions, [patient_id], max_attempts, token=token, now=now, lease_s=lease_s
+    )[patient_id]
 
 
 def claim_many(

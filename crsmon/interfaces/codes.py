@@ -32,35 +32,29 @@ from typing import Literal
 from crsmon.domain.codes import CODES
 from crsmon.domain.records import Quantity
 from crsmon.domain.vocab import OxygenDevice, TreatmentDrug, VasoactiveDrug
+from crsmon.intake.schemas import Analyte
 
 LOINC_SYSTEM = "http://loinc.org"
 MDC_SYSTEM = "urn:iso:std:iso:11073:10101"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 RXNORM_SYSTEM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
-Concept = Literal[
-    "temperature_c",
-    "sbp_mmhg",
-    "dbp_mmhg",
-    "map_mmhg",
-    "heart_rate_per_min",
-    "respiratory_rate_per_min",
-    "spo2_pct",
-    "flow_l_min",
-    "fio2",
-    "device",
-    "bp_panel",
-    "crp",
-    "ferritin",
-    "il6",
-    "ldh",
-    "creatinine",
-    "platelets",
-    "fibrinogen",
-    "ast",
-    "alt",
-    "bilirubin",
-]
+Concept = (
+    Literal[
+        "temperature_c",
+        "sbp_mmhg",
+        "dbp_mmhg",
+        "map_mmhg",
+        "heart_rate_per_min",
+        "respiratory_rate_per_min",
+        "spo2_pct",
+        "flow_l_min",
+        "fio2",
+        "device",
+        "bp_panel",
+    ]
+    | Analyte
+)
 """What a code means to crsmon: a vital sign (feed field name), an oxygen
 setting, the blood-pressure panel, or a laboratory analyte (feed ``analyte``)."""
 

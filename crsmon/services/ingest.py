@@ -84,14 +84,7 @@ def ingest_text(
     parsed = parse_record(text, now)
     if isinstance(parsed, Refused):
         return _refuse(sessions, parsed, text, channel, line_no, actor, now)
-    try:
-        with sessions.begin() as session:
-            return _store(session, parsed, actor, now, channel)
-    except (ConflictError, UnknownPatientError, RecordRefused) as exc:
-        refused = Refused(str(exc), parsed.source_system, parsed.source_record_id)
-        status = "conflict" if isinstance(exc, ConflictError) else "refused"
-        outcome = _refuse(sessions, refused, text, channel, line_no, actor, now)
-        return Outcome(status, error=outcome.error)
+    return _store_one(sessions, parsed, text, channel, line_no, actor, now)
 
 
 def ingest_many(
