@@ -83,8 +83,31 @@ def ingest_and_notify(
     return touched
 
 
-def wait_all_graded(sessions: sessionmaker[Session]) -> float:
-    return wait_until(lambda: ungraded(sessions) == 0, GRADE_WAIT_S, "all graded")
+def record_states(sessions: sessionmaker[Session]) -> str:
+    """The records not yet graded, for a failure message (ids and states only)."""
+    columns = (
+        ClinicalRecord.id,
+        ClinicalRecord.patient_id,
+        ClinicalRecord.grading_state,
+        ClinicalRecord.attempts,
+        ClinicalRecord.lease_token,
+        ClinicalRecord.lease_until,
+        ClinicalRecord.last_error,
+    )
+    with sessions() as session:
+        rows = session.execute(
+            select(*columns).where(ClinicalRecord.grading_state != GRADED)
+        ).all()
+    return "records not graded:\n" + "\n".join(str(tuple(row)) for row in rows)
+
+
+def wait_all_graded(sessions: sessionmaker[Session], procs: Processes) -> float:
+    return wait_until(
+        lambda: ungraded(sessions) == 0,
+        GRADE_WAIT_S,
+        "all graded",
+        detail=lambda: f"{record_states(sessions)}\n{procs.tails()}",
+    )
 
 
 def attempts_by_patient(effects: Effects) -> dict[str, set[int]]:
@@ -114,7 +137,7 @@ def test_a_worker_grades_each_patient_from_one_message(
     expected = oracle(lines, tmp_path)
     worker = start_worker(worker_procs, service_env(worker_pg_url, worker_redis.url))
     ingest_and_notify(worker_pg_sessions, lines, worker_pg_url, worker_redis)
-    wait_all_graded(worker_pg_sessions)
+    wait_all_graded(worker_pg_sessions, worker_procs)
     observed = Effects.read(worker_pg_sessions)
     assert_graded_exactly_once(observed, expected)
     assert {a[1] for a in observed.alerts} >= {"crs_onset", "severe_crs"}
@@ -141,7 +164,7 @@ def test_a_prefork_child_killed_mid_batch_is_requeued_and_graded_once(
     child = int(hooked[1])
     assert child != worker.pid
     os.kill(child, signal.SIGKILL)  # the recorded pid of our worker's child
-    wait_all_graded(worker_pg_sessions)
+    wait_all_graded(worker_pg_sessions, worker_procs)
     observed = Effects.read(worker_pg_sessions)
     assert_graded_exactly_once(observed, expected)
     attempts = attempts_by_patient(observed)
@@ -172,7 +195,7 @@ def test_a_worker_group_killed_mid_batch_regrades_everything_exactly_once(
         assert conn.hlen("unacked") == 1  # the in-flight message, unacked
 
     second = start_worker(worker_procs, env)
-    wait_all_graded(worker_pg_sessions)
+    wait_all_graded(worker_pg_sessions, worker_procs)
     recovered_after = time.monotonic() - killed_at
     observed = Effects.read(worker_pg_sessions)
     assert_graded_exactly_once(observed, expected)
@@ -204,7 +227,7 @@ def test_losing_every_broker_message_costs_latency_not_data(
     assert RECEIVED.findall(worker.text()) == []
 
     start_beat(worker_procs, env, tmp_path / "beat-schedule")  # via workers.cli
-    wait_all_graded(worker_pg_sessions)
+    wait_all_graded(worker_pg_sessions, worker_procs)
     observed = Effects.read(worker_pg_sessions)
     assert_graded_exactly_once(observed, expected)
     assert attempts_by_patient(observed) == {p: {1} for p in PATIENTS}

@@ -63,13 +63,20 @@ def free_port() -> int:
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    *,
+    detail: Callable[[], str] | None = None,
 ) -> float:
-    """Poll ``condition`` until it holds; the seconds it took. Fails after timeout."""
+    """Poll ``condition`` until it holds; the seconds it took. Fails after
+    timeout, with what ``detail`` says (the state to diagnose the hang by)."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            said = "" if detail is None else f"\n{detail()}"
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{said}")
         time.sleep(interval)
     return time.monotonic() - start
 
@@ -154,6 +161,13 @@ class Processes:
         proc = Proc(name, popen, log)
         self.started.append(proc)
         return proc
+
+    def tails(self, lines: int = 60) -> str:
+        """The last lines of every started process's log (for a failure message)."""
+        return "\n".join(
+            f"--- {proc.log.name} (exit {proc.popen.poll()}):\n{proc.tail(lines)}"
+            for proc in self.started
+        )
 
     def kill_all(self) -> None:
         for proc in self.started:
