@@ -19,7 +19,7 @@ from typing import Any
 import conftest
 import pytest
 from conftest import guards_off
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from worker_harness import (
@@ -541,18 +541,53 @@ def test_a_patient_with_a_queued_message_gets_no_second_one(
         broken.close()
 
 
+def later_records(feeds: list[list[str]]) -> list[str]:
+    """A second round for four patients' feeds: a late fever for the first, a
+    correction of the second's fever, a retraction of the third's hypotension,
+    nothing for the fourth (so each patient's grading starts at another time)."""
+    lines = []
+    for n, feed_lines in enumerate(feeds[:3]):
+        enrol = json.loads(feed_lines[0])
+        p, infusion = enrol["patient"], datetime.fromisoformat(enrol["infusion_at"])
+
+        def at(hours: float, infusion: datetime = infusion) -> str:
+            return (infusion + timedelta(hours=hours)).isoformat()
+
+        key = {"source_system": "monitor", "patient": p}
+        rounds: list[dict[str, Any]] = [
+            {"kind": "vitals", "source_record_id": f"{p}-late", "observed_at": at(40),
+             "temperature_c": 38.2, "sbp_mmhg": 110, "dbp_mmhg": 70},
+            {"kind": "vitals", "source_record_id": f"{p}-fix", "observed_at": at(20),
+             "temperature_c": 37.2, "sbp_mmhg": 100, "dbp_mmhg": 58,
+             "supersedes": f"{p}-3", "correction_reason": "probe error"},
+            {"kind": "retraction", "source_record_id": f"{p}-undo", "at": at(27),
+             "target_record_id": f"{p}-4", "reason": "entered in error"},
+        ]  # fmt: skip
+        lines.append(json.dumps({**key, **rounds[n]}))
+    return lines
+
+
 def test_a_batch_grades_like_one_patient_at_a_time(
     worker_sessions: sessionmaker[Session], tmp_path: Any
 ) -> None:
     """Several patients in one delivery: the same grade rows and alerts as
-    grading each alone (compared with a second database graded singly)."""
+    grading each alone (compared with a second database graded singly), for
+    a first grading and for a second round in which each patient's changes
+    start at another time (a new record, a correction, a retraction, none)."""
     feeds = [patient_feed(f"B-{n}", extra_vitals=n) for n in range(4)]
     ids = sorted(ingest_all(worker_sessions, [line for f in feeds for line in f]))
     batch = grade_pending_many(context(worker_sessions), ids, token="batch-1")
     assert set(batch.runs) == set(ids)
     assert batch.split == ()
+    first = Effects.read(worker_sessions)
+    assert first.states == {GRADED: sum(first.states.values())}
+    later = later_records(feeds)
+    assert ingest_all(worker_sessions, later) == set(ids[:3])
+    again = grade_pending_many(context(worker_sessions), ids, token="batch-2")
+    assert sorted(again.runs) == ids[:3]  # the fourth had nothing pending
     together = Effects.read(worker_sessions)
     assert together.states == {GRADED: sum(together.states.values())}
+    assert len(together.grades) > len(first.grades)
     url = f"sqlite:///{tmp_path / 'single.sqlite3'}"
     from crsmon.db.engine import make_engine, make_sessions
     from crsmon.db.migrate import upgrade
@@ -564,11 +599,43 @@ def test_a_batch_grades_like_one_patient_at_a_time(
         for feed_lines in feeds:
             (pid,) = ingest_all(single, feed_lines)
             grade_pending(context(single), pid)
+        alone_first = Effects.read(single)
+        for line in later:
+            (pid,) = ingest_all(single, [line])
+            grade_pending(context(single), pid)
         alone = Effects.read(single)
     finally:
         engine.dispose()
+    assert (first.grades, first.alerts) == (alone_first.grades, alone_first.alerts)
     assert (together.grades, together.alerts) == (alone.grades, alone.alerts)
     assert_no_duplicates(together)
+
+
+def test_a_batch_costs_the_same_statements_for_two_patients_or_six(
+    worker_sessions: sessionmaker[Session],
+) -> None:
+    """Every read and write of a batch is one statement for all its patients
+    (or a few, for corrections and retractions), never one per patient."""
+    engine = worker_sessions.kw["bind"]
+    statements: list[str] = []
+
+    def count(*args: Any, **_: Any) -> None:
+        statements.append(args[2])
+
+    def cost(prefix: str, patients: int) -> int:
+        feeds = [patient_feed(f"{prefix}-{n}") for n in range(patients)]
+        ids = sorted(ingest_all(worker_sessions, [x for f in feeds for x in f]))
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            batch = grade_pending_many(context(worker_sessions), ids, token=prefix)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert sorted(batch.runs) == ids
+        return len(statements)
+
+    two, six = cost("S2", 2), cost("S6", 6)
+    assert two == six, "\n".join(s.split("\n")[0][:90] for s in statements)
 
 
 def test_a_batch_that_fails_or_was_tried_before_is_split(
