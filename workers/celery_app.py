@@ -46,6 +46,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
+from threadpoolctl import threadpool_limits
 
 from crsmon.db.engine import make_engine, make_sessions
 from crsmon.domain.catalog import resolve_rule_set
@@ -176,7 +177,11 @@ class CrsmonCelery(Celery):
             self._runtime = None
 
     def on_worker_process_init(self, **_: Any) -> None:
-        """Signal receiver: a new prefork child must not reuse inherited connections."""
+        """Signal receiver: a new prefork child must not reuse inherited
+        connections, and runs the risk model on one thread (the worker scales
+        by processes: a model thread pool per core in every child
+        oversubscribed the cores)."""
+        threadpool_limits(1)
         self.dispose_runtime(close=False)
         self._marks = None
 

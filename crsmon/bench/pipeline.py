@@ -407,8 +407,9 @@ def bench_latency(
 # ---------------------------------------------------------------- regrade
 
 
-def bench_regrade(stack: Stack, rule_set: str) -> dict[str, Any]:
-    """``crsmon regrade`` of everything stored, timed; one audit event per run."""
+def bench_regrade(stack: Stack, rule_set: str, *, jobs: int = 1) -> dict[str, Any]:
+    """``crsmon regrade --jobs`` of everything stored, timed (process start
+    included); one audit event per run."""
     records = int(
         _scalar(
             stack, "SELECT count(*) FROM clinical_records WHERE kind = 'measurement'"
@@ -419,7 +420,7 @@ def bench_regrade(stack: Stack, rule_set: str) -> dict[str, Any]:
     )
     started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - this interpreter's own crsmon
-        crsmon_argv("regrade", "--rule-set", rule_set),
+        crsmon_argv("regrade", "--rule-set", rule_set, "--jobs", str(jobs)),
         env=stack.env,
         capture_output=True,
         text=True,
@@ -432,6 +433,7 @@ def bench_regrade(stack: Stack, rule_set: str) -> dict[str, Any]:
     )
     return {
         "rule_set": rule_set,
+        "jobs": jobs,
         "observations": records,
         "seconds": elapsed,
         "observations_per_s": records / elapsed,

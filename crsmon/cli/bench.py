@@ -243,7 +243,7 @@ def bench(
         click.echo("reference: PostgreSQL executemany ...", err=True)
         insert = bulk_insert_rate(stack, int(size["insert_rows"]))
         click.echo("regrade ...", err=True)
-        regrade = bench_regrade(stack, "astct-2019+hypotension=haque")
+        regrade = bench_regrade(stack, "astct-2019+hypotension=haque", jobs=concurrency)
         figures["rss"] = {
             "api_mb": stack.api.peak_rss_mb(),
             "worker_mb": stack.worker.peak_rss_mb(),

@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from conftest import guards_off
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import crsmon.services.regrade as regrade_service
 from crsmon.cli import main
 from crsmon.db.engine import make_engine, make_sessions
-from crsmon.db.models import Alert, ClinicalRecord, Grade, QuarantinedRecord
+from crsmon.db.models import (
+    Alert,
+    AuditEvent,
+    ClinicalRecord,
+    Grade,
+    QuarantinedRecord,
+)
 
 INFUSION = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
 
@@ -150,3 +158,66 @@ def test_regrade_writes_rows_beside_the_live_ones(
     assert len(rows(database_url, Alert)) == alerts
     again = CliRunner().invoke(main, ["regrade", "--rule-set", key])
     assert "0 grade rows written" in again.output
+
+
+def graded_content(database_url: str, key: str) -> list[tuple[Any, ...]]:
+    """Every grade row of ``key`` by what it says (not its id or write time)."""
+    return sorted(
+        (
+            g.patient_id,
+            g.t_hours,
+            g.evaluated_at,
+            g.grade,
+            json.dumps(g.reasons, sort_keys=True),
+            json.dumps(g.missing_inputs, sort_keys=True),
+            json.dumps(g.flags, sort_keys=True),
+            g.snapshot_hash,
+            g.risk_probability,
+        )
+        for g in rows(database_url, Grade)
+        if g.rule_set == key
+    )
+
+
+def test_a_parallel_regrade_writes_what_a_serial_one_does(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crsmon regrade --jobs 2`, batches of two patients shared by two
+    processes, writes the rows a serial regrade writes, once, in one audit event."""
+
+    lines = [
+        line.replace("P-0007", f"P-01{n:02d}")
+        .replace('"m-', f'"m{n}-')
+        .replace('"e-1"', f'"e{n}-1"')
+        for n in range(5)
+        for line in FEED
+    ]
+    path = tmp_path / "five.ndjson"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stored = ingest(path, database_url, monkeypatch)
+    assert stored.output.count("must be >= 25") == 5, stored.output  # one refused each
+    monkeypatch.setattr(regrade_service, "REGRADE_BATCH", 2)  # 3 batches of 5
+    key = "astct-2019+hypotension=treatment_only"
+
+    serial = CliRunner().invoke(main, ["regrade", "--rule-set", key])
+    assert serial.exit_code == 0, serial.output
+    expected = graded_content(database_url, key)
+    assert len({row[0] for row in expected}) == 5
+    engine = make_engine(database_url)
+    try:
+        with guards_off(engine, "grades"), engine.begin() as connection:
+            connection.execute(delete(Grade).where(Grade.rule_set == key))
+    finally:
+        engine.dispose()
+
+    parallel = CliRunner().invoke(main, ["regrade", "--rule-set", key, "--jobs", "2"])
+    assert parallel.exit_code == 0, parallel.output
+    assert f"regraded 5 patients under {key}: {len(expected)} grade rows" in (
+        parallel.output
+    )
+    assert graded_content(database_url, key) == expected
+    runs = [e for e in rows(database_url, AuditEvent) if e.action == "regrade"]
+    assert [(e.details["jobs"], e.details["grade_rows_written"]) for e in runs] == [
+        (1, len(expected)),
+        (2, len(expected)),
+    ]
