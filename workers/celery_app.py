@@ -40,6 +40,8 @@ Configuration (reliability.md §1.2), and why:
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +86,32 @@ class GradingSetup:
     rules: RuleSet
     policy: AlertPolicy
     webhooks: WebhookPolicy | None
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """An import hook that refuses ``pandas`` (and so pyarrow through it)."""
+
+    def find_spec(self, fullname: str, *_: Any) -> None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {fullname!r} in a worker")
+
+
+def without_pandas() -> None:
+    """Make ``import pandas`` fail in this process, unless it is loaded already.
+
+    scikit-learn imports pandas whenever it is installed (``sklearn.utils.fixes``,
+    only to recognise DataFrames), and pandas pulls in pyarrow: about 80 MB in
+    every worker process, for a library no task uses (the model is scored on
+    arrays; exports and analyses run in the API and the CLI). With the import
+    refused, scikit-learn takes its no-pandas path (``pd = None``; a finder,
+    not a ``None`` in ``sys.modules``, which scikit-learn reads as loaded).
+    With pandas the worker's peak RSS was at the 300 MB target of
+    docs/performance.md.
+    """
+    if "pandas" not in sys.modules and not any(
+        isinstance(finder, _NoPandas) for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _NoPandas())
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +192,10 @@ class CrsmonCelery(Celery):
         and the child failed every later task (``NameError``,
         ``AttributeError: partially initialized module``) before it could
         count an attempt or record an error in the database.
+
+        pandas is kept out first (:func:`without_pandas`).
         """
+        without_pandas()
         self.grading_setup()
         self.conf.broker_transport_options = consumer_transport_options(
             self.conf.broker_transport_options

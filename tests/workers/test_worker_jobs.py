@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -712,3 +714,36 @@ def test_the_api_publishes_batches_of_patients_once_queued(
         if isinstance(dispatcher, BackgroundDispatcher):
             dispatcher.close()
         engine.dispose()
+
+
+WITHOUT_PANDAS = """
+import sys
+import numpy as np
+from crsmon.settings import Settings
+from workers.celery_app import make_celery
+
+app = make_celery(Settings(database_url="sqlite://", broker_url="memory://"))
+app.on_worker_init()
+risk = app.grading_setup().policy.risk
+assert risk is not None, "the risk model was not loaded"
+rows = np.zeros((3, len(risk.model.features)))
+probabilities = risk.model.estimator.predict_proba(rows)[:, 1]
+assert "pandas" not in sys.modules, "pandas was imported"
+assert "pyarrow" not in sys.modules, "pyarrow was imported"
+print("scored", risk.key, *probabilities)
+"""
+
+
+def test_a_worker_loads_the_risk_model_without_pandas() -> None:
+    """A worker's main process loads and can score the model, with pandas and
+    pyarrow (80 MB a process, no task uses them) never imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PANDAS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("scored ")
+    assert all(0 <= float(p) <= 1 for p in done.stdout.split()[2:])
