@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, tuple_, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -176,31 +176,34 @@ def existing_keys(
 ) -> dict[tuple[str, str], tuple[int, str]]:
     """Which of ``(source_system, source_record_id)`` are stored: their row id
     and content hash. Unscoped, like :func:`_by_key` (keys are unique across
-    every unit)."""
+    every unit).
+
+    One statement per source system (and :data:`MAX_BOUND` ids),
+    ``source_system = s AND source_record_id IN (...)``: PostgreSQL plans that
+    as one scan of the unique index in a fraction of a millisecond, where a
+    row-value ``(system, id) IN (...)`` of 500 pairs took it 50-60 ms to plan
+    (an OR of 500 index scans), on every intake batch.
+    """
     found: dict[tuple[str, str], tuple[int, str]] = {}
-    unique = sorted(set(keys))
-    for start in range(0, len(unique), 500):
-        part = unique[start : start + 500]
-        for system, key, row_id, digest in session.execute(
-            select(
-                ClinicalRecord.source_system,
-                ClinicalRecord.source_record_id,
-                ClinicalRecord.id,
-                ClinicalRecord.content_hash,
-            )
-            .where(
-                tuple_(
-                    ClinicalRecord.source_system, ClinicalRecord.source_record_id
-                ).in_(part)
-            )
-            .execution_options(**{UNSCOPED: True})
-        ):
-            found[(system, key)] = (row_id, digest)
+    by_system: dict[str, list[str]] = {}
+    for system, key in sorted(set(keys)):
+        by_system.setdefault(system, []).append(key)
+    for system, ids in by_system.items():
+        for start in range(0, len(ids), MAX_BOUND):
+            for key, row_id, digest in session.execute(
+                select(
+                    ClinicalRecord.source_record_id,
+                    ClinicalRecord.id,
+                    ClinicalRecord.content_hash,
+                )
+                .where(
+                    ClinicalRecord.source_system == system,
+                    ClinicalRecord.source_record_id.in_(ids[start : start + MAX_BOUND]),
+                )
+                .execution_options(**{UNSCOPED: True})
+            ):
+                found[(system, key)] = (row_id, digest)
     return found
-
-
-def _key_column() -> Any:
-    return tuple_(ClinicalRecord.source_system, ClinicalRecord.source_record_id)
 
 
 def insert_records(

@@ -229,3 +229,44 @@ def test_a_unit_scoped_batch_sees_only_its_units(
     assert [o.status for o in outcomes] == ["stored", "refused"]
     assert outcomes[1].error == "patient: not enrolled"
     sessions.kw["bind"].dispose()
+
+
+def test_stored_keys_are_found_per_source_system_in_chunks(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same record id under two source systems is two keys; lookups in
+    chunks (of two here) find every stored key and nothing else."""
+    import crsmon.db.repository as repository
+
+    sessions = fresh(database_url, tmp_path, "keys")
+    lines = [json.dumps(enrolment("P-1"))] + [
+        json.dumps(
+            {
+                "kind": "vitals",
+                "source_system": system,
+                "source_record_id": f"v-{n}",
+                "patient": "P-1",
+                "observed_at": f"2026-03-02T{n:02d}:00:00Z",
+                "temperature_c": 37.0 + n / 10,
+            }
+        )
+        for system, count in (("monitor", 5), ("ehr", 3))
+        for n in range(count)
+    ]
+    outcomes = ingest_many(
+        sessions, list(enumerate(lines, start=1)), now=NOW, channel="t"
+    )
+    assert {o.status for o in outcomes} == {"stored"}
+    with sessions() as session:
+        stored = {
+            (r.source_system, r.source_record_id): (r.id, r.content_hash)
+            for r in session.scalars(select(ClinicalRecord))
+        }
+        missing = [("monitor", "v-0"), ("ehr", "v-4#temperature_c"), ("adt", "v-0")]
+        asked = [*stored, *missing]
+        asked += asked[:3]  # repeats
+        monkeypatch.setattr(repository, "MAX_BOUND", 2)
+        assert repository.existing_keys(session, asked) == stored
+        assert repository.existing_keys(session, []) == {}
+    assert len(stored) == 8  # eight vitals sets of one value: v-<n>#temperature_c
+    sessions.kw["bind"].dispose()
