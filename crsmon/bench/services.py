@@ -39,13 +39,16 @@ def free_port() -> int:
         return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition``; the seconds it took. Raises BenchError on timeout."""
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, *, every: float = 0.05
+) -> float:
+    """Poll ``condition`` ``every`` seconds; the seconds it took. Raises
+    BenchError on timeout."""
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
             raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
     return time.monotonic() - started
 
 
