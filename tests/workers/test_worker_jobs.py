@@ -569,15 +569,41 @@ def later_records(feeds: list[list[str]]) -> list[str]:
     return lines
 
 
+@pytest.mark.parametrize("chunking", ["one", "two", "each"])
 def test_a_batch_grades_like_one_patient_at_a_time(
-    worker_sessions: sessionmaker[Session], tmp_path: Any
+    worker_sessions: sessionmaker[Session],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    chunking: str,
 ) -> None:
     """Several patients in one delivery: the same grade rows and alerts as
     grading each alone (compared with a second database graded singly), for
     a first grading and for a second round in which each patient's changes
-    start at another time (a new record, a correction, a retraction, none)."""
+    start at another time (a new record, a correction, a retraction, none);
+    in one chunk (the default size), in chunks of a few patients, and one
+    patient a chunk."""
+    import crsmon.services.grading
+
+    chunks: list[list[int]] = []
+    chunked = crsmon.services.grading._chunks
+
+    def observed(session: Session, ids: list[int]) -> list[list[int]]:
+        chunks.extend(found := chunked(session, ids))
+        return found
+
+    monkeypatch.setattr(crsmon.services.grading, "_chunks", observed)
     feeds = [patient_feed(f"B-{n}", extra_vitals=n) for n in range(4)]
     ids = sorted(ingest_all(worker_sessions, [line for f in feeds for line in f]))
+    with worker_sessions() as session:
+        sizes = [
+            len(
+                session.scalars(select(ClinicalRecord.id).filter_by(patient_id=p)).all()
+            )
+            for p in ids
+        ]
+    limit = {"one": None, "two": sizes[0] + sizes[1], "each": 1}[chunking]
+    if limit is not None:  # "two": the first two patients fill the first chunk
+        monkeypatch.setattr(crsmon.services.grading, "CHUNK_RECORDS", limit)
     batch = grade_pending_many(context(worker_sessions), ids, token="batch-1")
     assert set(batch.runs) == set(ids)
     assert batch.split == ()
@@ -589,6 +615,7 @@ def test_a_batch_grades_like_one_patient_at_a_time(
     assert sorted(again.runs) == ids[:3]  # the fourth had nothing pending
     together = Effects.read(worker_sessions)
     assert together.states == {GRADED: sum(together.states.values())}
+    batched = list(chunks)
     assert len(together.grades) > len(first.grades)
     url = f"sqlite:///{tmp_path / 'single.sqlite3'}"
     from crsmon.db.engine import make_engine, make_sessions
@@ -611,6 +638,10 @@ def test_a_batch_grades_like_one_patient_at_a_time(
     assert (first.grades, first.alerts) == (alone_first.grades, alone_first.alerts)
     assert (together.grades, together.alerts) == (alone.grades, alone.alerts)
     assert_no_duplicates(together)
+    first_delivery = {"one": [ids], "two": [ids[:2], ids[2:3], ids[3:]]}.get(
+        chunking, [[pid] for pid in ids]
+    )
+    assert batched[: len(first_delivery)] == first_delivery
 
 
 def test_a_batch_costs_the_same_statements_for_two_patients_or_six(
