@@ -6,19 +6,21 @@ Each batch of patients is one transaction and one risk-model call (see
 only, beside the live ones. Batches hold disjoint patients, so processes never
 wait on each other's locks; a live grader of the same patient waits for the
 batch (or the batch for it), as any two graders do. A batch that fails stops
-the run with its error; batches already committed stay (they are complete
-and idempotent: running the regrade again writes only what is missing).
+the run (see :func:`regrade_all`); batches already committed stay (they are
+complete and idempotent: running the regrade again writes only what is
+missing).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 from threadpoolctl import threadpool_limits
 
@@ -36,10 +38,19 @@ Larger batches measured no faster (docs/performance.md)."""
 
 @dataclass(frozen=True, slots=True)
 class Regraded:
-    """What a regrade run did: patients read, grade rows written."""
+    """What a regrade run did: patients read, grade rows written by the
+    batches that committed, the processes that ran them, and the first
+    batch's error when the run stopped on one (``None``: complete)."""
 
     patients: int
     grade_rows_written: int
+    pids: frozenset[int]
+    failure: BaseException | None = None
+
+    @property
+    def processes(self) -> int:
+        """How many processes regraded batches."""
+        return len(self.pids)
 
 
 def regrade_batch(
@@ -67,9 +78,21 @@ def batches(patient_ids: list[int], size: int | None = None) -> Iterator[list[in
 
 def regrade_all(settings: Settings, rule_set: RuleSet, *, jobs: int = 1) -> Regraded:
     """Regrade every patient under ``rule_set`` on ``jobs`` processes (1: in
-    this process). Raises whatever a batch raised."""
+    this process).
+
+    A batch that fails stops the run: no batch starts after it, the ones
+    already running finish, and the result carries the error with the rows
+    the committed batches wrote (the caller audits the run either way).
+
+    Raises:
+        ValueError: ``jobs`` below 1, or above 1 on SQLite (one writer at a
+            time: parallel batches would only queue for its lock, and time
+            out behind long ones).
+    """
     if jobs < 1:
         raise ValueError("jobs: at least 1")
+    if jobs > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+        raise ValueError("jobs: more than 1 needs PostgreSQL (SQLite has one writer)")
     policy = AlertPolicy.from_settings(settings)  # the model, loaded once
     engine = make_engine(settings.database_url)
     try:
@@ -77,13 +100,29 @@ def regrade_all(settings: Settings, rule_set: RuleSet, *, jobs: int = 1) -> Regr
         with sessions() as session:
             patient_ids = list(session.scalars(select(Patient.id).order_by(Patient.id)))
         if jobs == 1:
-            written = sum(
-                regrade_batch(sessions, ids, rule_set, policy)
-                for ids in batches(patient_ids)
-            )
-            return Regraded(len(patient_ids), written)
+            here = frozenset({os.getpid()} if patient_ids else ())
+            written = 0
+            for ids in batches(patient_ids):
+                try:
+                    written += regrade_batch(sessions, ids, rule_set, policy)
+                except Exception as exc:  # returned, to be audited, then raised
+                    return Regraded(len(patient_ids), written, here, exc)
+            return Regraded(len(patient_ids), written, here)
     finally:
         engine.dispose()  # no connection is inherited by, or shared with, a child
+    return _in_processes(settings.database_url, rule_set, policy, patient_ids, jobs)
+
+
+def _in_processes(
+    database_url: str,
+    rule_set: RuleSet,
+    policy: AlertPolicy,
+    patient_ids: list[int],
+    jobs: int,
+) -> Regraded:
+    written = 0
+    processes: set[int] = set()
+    failure: BaseException | None = None
     with ProcessPoolExecutor(
         max_workers=jobs,
         # fork: a child starts with the modules and the risk model already
@@ -91,10 +130,23 @@ def regrade_all(settings: Settings, rule_set: RuleSet, *, jobs: int = 1) -> Regr
         # parent holds no connection then (disposed above) and runs no thread.
         mp_context=multiprocessing.get_context("fork"),
         initializer=_child_init,
-        initargs=(settings.database_url, rule_set, policy),
+        initargs=(database_url, rule_set, policy),
     ) as pool:
-        written = sum(pool.map(_child_batch, batches(patient_ids)))
-    return Regraded(len(patient_ids), written)
+        futures = [pool.submit(_child_batch, ids) for ids in batches(patient_ids)]
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is not None:
+                if failure is None:
+                    failure = error
+                    for waiting in futures:
+                        waiting.cancel()  # those not started yet
+                continue
+            pid, rows = future.result()
+            processes.add(pid)
+            written += rows
+    return Regraded(len(patient_ids), written, frozenset(processes), failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +168,8 @@ def _child_init(database_url: str, rule_set: RuleSet, policy: AlertPolicy) -> No
     _CHILD.append(_Child(make_sessions(make_engine(database_url)), policy, rule_set))
 
 
-def _child_batch(patient_ids: list[int]) -> int:
+def _child_batch(patient_ids: list[int]) -> tuple[int, int]:
+    """One batch in a child: its process id and the grade rows written."""
     child = _CHILD[0]
-    return regrade_batch(child.sessions, patient_ids, child.rule_set, child.policy)
+    rows = regrade_batch(child.sessions, patient_ids, child.rule_set, child.policy)
+    return os.getpid(), rows

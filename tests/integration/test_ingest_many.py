@@ -235,7 +235,8 @@ def test_stored_keys_are_found_per_source_system_in_chunks(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same record id under two source systems is two keys; lookups in
-    chunks (of two here) find every stored key and nothing else."""
+    chunks (of four here, the last one short) find every stored key and
+    nothing else."""
     import crsmon.db.repository as repository
 
     sessions = fresh(database_url, tmp_path, "keys")
@@ -265,7 +266,7 @@ def test_stored_keys_are_found_per_source_system_in_chunks(
         missing = [("monitor", "v-0"), ("ehr", "v-4#temperature_c"), ("adt", "v-0")]
         asked = [*stored, *missing]
         asked += asked[:3]  # repeats
-        monkeypatch.setattr(repository, "MAX_BOUND", 2)
+        monkeypatch.setattr(repository, "MAX_BOUND", 4)  # monitor: 4 + 2 keys
         assert repository.existing_keys(session, asked) == stored
         assert repository.existing_keys(session, []) == {}
     assert len(stored) == 8  # eight vitals sets of one value: v-<n>#temperature_c

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import guards_off
+from conftest import guards_off, reset_schema
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,8 @@ from crsmon.db.models import (
     Grade,
     QuarantinedRecord,
 )
+from crsmon.domain.catalog import resolve_rule_set
+from crsmon.settings import load_settings
 
 INFUSION = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
 
@@ -179,12 +182,8 @@ def graded_content(database_url: str, key: str) -> list[tuple[Any, ...]]:
     )
 
 
-def test_a_parallel_regrade_writes_what_a_serial_one_does(
-    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`crsmon regrade --jobs 2`, batches of two patients shared by two
-    processes, writes the rows a serial regrade writes, once, in one audit event."""
-
+def five_patients(tmp_path: Path, database_url: str, mp: pytest.MonkeyPatch) -> None:
+    """The feed for five patients, stored (one refused line each)."""
     lines = [
         line.replace("P-0007", f"P-01{n:02d}")
         .replace('"m-', f'"m{n}-')
@@ -194,8 +193,22 @@ def test_a_parallel_regrade_writes_what_a_serial_one_does(
     ]
     path = tmp_path / "five.ndjson"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    stored = ingest(path, database_url, monkeypatch)
-    assert stored.output.count("must be >= 25") == 5, stored.output  # one refused each
+    stored = ingest(path, database_url, mp)
+    assert stored.output.count("must be >= 25") == 5, stored.output
+
+
+def regrade_events(database_url: str) -> list[dict[str, Any]]:
+    return [e.details for e in rows(database_url, AuditEvent) if e.action == "regrade"]
+
+
+def test_a_parallel_regrade_writes_what_a_serial_one_does(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crsmon regrade --jobs 2` (PostgreSQL), batches of two patients shared
+    by two child processes, writes the rows a serial regrade writes, once, in
+    one audit event."""
+    database_url = reset_schema(postgres_url)
+    five_patients(tmp_path, database_url, monkeypatch)
     monkeypatch.setattr(regrade_service, "REGRADE_BATCH", 2)  # 3 batches of 5
     key = "astct-2019+hypotension=treatment_only"
 
@@ -216,8 +229,89 @@ def test_a_parallel_regrade_writes_what_a_serial_one_does(
         parallel.output
     )
     assert graded_content(database_url, key) == expected
-    runs = [e for e in rows(database_url, AuditEvent) if e.action == "regrade"]
-    assert [(e.details["jobs"], e.details["grade_rows_written"]) for e in runs] == [
-        (1, len(expected)),
-        (2, len(expected)),
-    ]
+    assert [
+        (e["jobs"], e["grade_rows_written"], e["complete"])
+        for e in regrade_events(database_url)
+    ] == [(1, len(expected), True), (2, len(expected), True)]
+    assert 1 <= regrade_events(database_url)[1]["processes"] <= 2
+    # The batches ran in child processes, not in this one (nothing is missing,
+    # so this run writes nothing).
+    settings = load_settings()
+    again = regrade_service.regrade_all(settings, resolve_rule_set(key), jobs=2)
+    assert (again.grade_rows_written, again.failure) == (0, None)
+    assert again.pids
+    assert os.getpid() not in again.pids
+    assert len(again.pids) <= 2
+
+
+def test_a_parallel_regrade_is_refused_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has one writer: `--jobs 2` is refused, naming the option."""
+    database_url = f"sqlite:///{tmp_path / 'one.sqlite3'}"
+    five_patients(tmp_path, database_url, monkeypatch)
+    refused = CliRunner().invoke(
+        main, ["regrade", "--rule-set", "astct-2019+hypotension=haque", "--jobs", "2"]
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "--jobs" in refused.output
+    assert "PostgreSQL" in refused.output
+    assert regrade_events(database_url) == []
+
+
+def test_a_regrade_stopped_by_a_failed_batch_is_audited_and_can_be_finished(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails stops the run with its error; the audit event says
+    the run is incomplete and what the committed batches wrote; running again
+    writes exactly what is missing."""
+    stopped_then_finished(tmp_path, database_url, monkeypatch, jobs=1)
+
+
+def test_a_parallel_regrade_stopped_by_a_failed_batch_too(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with `--jobs 2` (a child's error reaches the parent)."""
+    stopped_then_finished(tmp_path, reset_schema(postgres_url), monkeypatch, jobs=2)
+
+
+def stopped_then_finished(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, *, jobs: int
+) -> None:
+    five_patients(tmp_path, database_url, monkeypatch)
+    monkeypatch.setattr(regrade_service, "REGRADE_BATCH", 1)
+    key = "astct-2019+hypotension=treatment_only"
+    engine = make_engine(database_url)
+    try:
+        with make_sessions(engine)() as session:
+            doomed = max(session.scalars(select(ClinicalRecord.patient_id)))
+    finally:
+        engine.dispose()
+    from crsmon.services.grading import grade_patients as real
+
+    def failing(session: Session, ids: list[int], *args: Any, **kwargs: Any) -> Any:
+        if doomed in ids:
+            raise RuntimeError("a failing batch")
+        return real(session, ids, *args, **kwargs)
+
+    monkeypatch.setattr(regrade_service, "grade_patients", failing)
+    stopped = CliRunner().invoke(
+        main, ["regrade", "--rule-set", key, "--jobs", str(jobs)]
+    )
+    assert isinstance(stopped.exception, RuntimeError), stopped.output
+    assert "stopped by a failed batch" in stopped.output
+    (event,) = regrade_events(database_url)
+    assert (event["complete"], event["failure"]) == (False, "RuntimeError")
+    partial = graded_content(database_url, key)
+    assert event["grade_rows_written"] == len(partial)
+    assert doomed not in {row[0] for row in partial}
+
+    monkeypatch.setattr(regrade_service, "grade_patients", real)
+    finished = CliRunner().invoke(main, ["regrade", "--rule-set", key])
+    assert finished.exit_code == 0, finished.output
+    whole = graded_content(database_url, key)
+    assert set(partial) < set(whole)
+    assert {row[0] for row in whole} >= {doomed}
+    assert regrade_events(database_url)[1]["grade_rows_written"] == len(whole) - len(
+        partial
+    )

@@ -6,6 +6,7 @@ directly (Celery's ``memory://`` transport stands in where a task publishes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -30,11 +31,12 @@ from worker_harness import (
     assert_no_duplicates,
     ingest_all,
     patient_feed,
+    service_settings,
 )
 
 import workers.celery_app
 import workers.jobs
-from crsmon.db.models import Alert, ClinicalRecord, Patient
+from crsmon.db.models import Alert, ClinicalRecord, Grade, Patient, WebhookDelivery
 from crsmon.domain.catalog import resolve_rule_set
 from crsmon.services.dispatch import Dispatcher
 from crsmon.services.monitoring import AlertPolicy
@@ -71,13 +73,48 @@ from workers.tasks import (
 pytest_plugins = ["worker_fixtures"]
 
 
-def context(sessions: sessionmaker[Session], max_attempts: int = 3) -> GradingContext:
+def context(
+    sessions: sessionmaker[Session],
+    max_attempts: int = 3,
+    policy: AlertPolicy | None = None,
+) -> GradingContext:
     return GradingContext(
         sessions=sessions,
         rules=resolve_rule_set("astct-2019"),
         max_attempts=max_attempts,
-        policy=AlertPolicy(),
+        policy=AlertPolicy() if policy is None else policy,
     )
+
+
+def scored(sessions: sessionmaker[Session]) -> tuple[list[Any], list[Any]]:
+    """What :class:`Effects` leaves out: each grade row's revision, reasons and
+    risk score, and each alert's webhook deliveries (by natural key)."""
+    with sessions() as session:
+        grades = sorted(
+            (
+                pseudonym,
+                g.evaluated_at,
+                g.revision,
+                g.risk_model,
+                g.risk_probability,
+                json.dumps(g.risk_features, sort_keys=True),
+                json.dumps(g.reasons, sort_keys=True),
+            )
+            for g, pseudonym in session.execute(
+                select(Grade, Patient.pseudonym).join(Patient)
+            )
+        )
+        deliveries = sorted(
+            (pseudonym, kind, key, url)
+            for pseudonym, kind, key, url in session.execute(
+                select(
+                    Patient.pseudonym, Alert.kind, Alert.dedup_key, WebhookDelivery.url
+                )
+                .join(Alert, Alert.patient_id == Patient.id)
+                .join(WebhookDelivery, WebhookDelivery.alert_id == Alert.id)
+            )
+        )
+    return grades, deliveries
 
 
 @pytest.fixture
@@ -592,6 +629,11 @@ def test_a_batch_grades_like_one_patient_at_a_time(
         return found
 
     monkeypatch.setattr(crsmon.services.grading, "_chunks", observed)
+    policy = dataclasses.replace(  # the shipped risk model, and a webhook
+        AlertPolicy.from_settings(service_settings("sqlite://", "redis://")),
+        webhook_urls=("http://127.0.0.1:9/crs",),
+    )
+    assert policy.risk is not None
     feeds = [patient_feed(f"B-{n}", extra_vitals=n) for n in range(4)]
     ids = sorted(ingest_all(worker_sessions, [line for f in feeds for line in f]))
     with worker_sessions() as session:
@@ -604,14 +646,18 @@ def test_a_batch_grades_like_one_patient_at_a_time(
     limit = {"one": None, "two": sizes[0] + sizes[1], "each": 1}[chunking]
     if limit is not None:  # "two": the first two patients fill the first chunk
         monkeypatch.setattr(crsmon.services.grading, "CHUNK_RECORDS", limit)
-    batch = grade_pending_many(context(worker_sessions), ids, token="batch-1")
+    batch = grade_pending_many(
+        context(worker_sessions, policy=policy), ids, token="batch-1"
+    )
     assert set(batch.runs) == set(ids)
     assert batch.split == ()
     first = Effects.read(worker_sessions)
     assert first.states == {GRADED: sum(first.states.values())}
     later = later_records(feeds)
     assert ingest_all(worker_sessions, later) == set(ids[:3])
-    again = grade_pending_many(context(worker_sessions), ids, token="batch-2")
+    again = grade_pending_many(
+        context(worker_sessions, policy=policy), ids, token="batch-2"
+    )
     assert sorted(again.runs) == ids[:3]  # the fourth had nothing pending
     together = Effects.read(worker_sessions)
     assert together.states == {GRADED: sum(together.states.values())}
@@ -627,17 +673,21 @@ def test_a_batch_grades_like_one_patient_at_a_time(
     try:
         for feed_lines in feeds:
             (pid,) = ingest_all(single, feed_lines)
-            grade_pending(context(single), pid)
+            grade_pending(context(single, policy=policy), pid)
         alone_first = Effects.read(single)
         for line in later:
             (pid,) = ingest_all(single, [line])
-            grade_pending(context(single), pid)
+            grade_pending(context(single, policy=policy), pid)
         alone = Effects.read(single)
+        alone_scored = scored(single)
     finally:
         engine.dispose()
     assert (first.grades, first.alerts) == (alone_first.grades, alone_first.alerts)
     assert (together.grades, together.alerts) == (alone.grades, alone.alerts)
     assert_no_duplicates(together)
+    assert scored(worker_sessions) == alone_scored
+    assert any(g[4] is not None for g in alone_scored[0]), "nothing was risk-scored"
+    assert alone_scored[1], "no webhook delivery was written"
     first_delivery = {"one": [ids], "two": [ids[:2], ids[2:3], ids[3:]]}.get(
         chunking, [[pid] for pid in ids]
     )
